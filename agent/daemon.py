@@ -1,0 +1,273 @@
+"""The agent daemon: follows its desired state, serves inference, reports.
+
+Threads: paho's network thread only enqueues; one worker thread owns every decision
+(desired state, updates, telemetry windows), so there is no shared mutable state
+beyond the inference service's atomic model swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy.typing as npt
+
+from agent.config import AgentConfig
+from agent.errors import error_code
+from agent.inference import InferenceService
+from agent.mqtt_link import MqttLink
+from agent.slots import AgentState, SlotStore
+from agent.telemetry import TelemetryWindow
+from agent.updater import Prepared, Updater
+from firmware_bundles.errors import EdgeFleetError, WireError
+from firmware_bundles.keys import load_trusted_keys
+from firmware_bundles.wire import (
+    BundleRef,
+    Desired,
+    ErrorInfo,
+    Event,
+    State,
+    Telemetry,
+    parse_desired,
+)
+
+log = logging.getLogger(__name__)
+AGENT_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class _Inbound:
+    kind: str
+    payload: bytes
+
+
+class Agent:
+    """One device. ``start()`` returns at once; ``stop()`` ends the threads."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.store = SlotStore(config.data_dir)
+        self.updater = Updater(
+            self.store,
+            load_trusted_keys(list(config.trust)),
+            hardware_class=config.hardware_class,
+            threads=config.threads,
+            http_timeout=config.http_timeout_s,
+        )
+        self.inference = InferenceService(TelemetryWindow(time.time()))
+        self.state: AgentState = AgentState()
+        self.phase = "idle"
+        self.error: ErrorInfo | None = None
+        self.generation = 0
+        self.deployment_id: str | None = None
+        self.dropped_messages = 0
+        self._failed: tuple[int, str] | None = None  # (generation, sha) that failed
+        self._seq = 0
+        self._inbox: queue.Queue[_Inbound | None] = queue.Queue(maxsize=1000)
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.link = MqttLink(config.device_id, config.broker_url, self._enqueue, self._connected)
+
+    # ------------------------------------------------------------------ public API
+
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
+        """Run the active model (see :meth:`InferenceService.infer`)."""
+        return self.inference.infer(inputs)
+
+    @property
+    def active_bundle(self) -> BundleRef | None:
+        model = self.inference.active
+        return None if model is None else model.ref
+
+    def start(self) -> None:
+        self.state = self.store.load_state()
+        self._boot_model()
+        self._worker = threading.Thread(
+            target=self._run, name=f"agent-{self.config.device_id}", daemon=True
+        )
+        self._worker.start()
+        self.link.start()
+
+    def stop(self, *, graceful: bool = True) -> None:
+        self._stop.set()
+        self._inbox.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+        self.link.stop(graceful=graceful)
+
+    # ------------------------------------------------------------------ start-up
+
+    def _boot_model(self) -> None:
+        """Serve the active slot; if it fails verification or load, fall back."""
+        for slot in (self.state.active, self.state.previous):
+            if slot is None:
+                continue
+            try:
+                prepared = self.updater.load_slot(self.state, slot)
+            except EdgeFleetError as exc:
+                log.error(
+                    "%s: slot %s does not verify or load: %s", self.config.device_id, slot, exc
+                )
+                self.error = ErrorInfo(error_code(exc), f"slot {slot}: {exc}")
+                self.state = self.store.forget_slot(self.state, slot)
+                continue
+            if slot != self.state.active:
+                self.state = self.store.activate(self.state, slot, prepared.info)
+            self.inference.swap(prepared.model)
+            return
+
+    # ------------------------------------------------------------------ worker
+
+    def _enqueue(self, kind: str, payload: bytes) -> None:
+        try:
+            self._inbox.put_nowait(_Inbound(kind, payload))
+        except queue.Full:
+            self.dropped_messages += 1
+            log.warning("%s: inbox full, dropped a %s message", self.config.device_id, kind)
+
+    def _connected(self) -> None:
+        self._enqueue("_connected", b"")
+
+    def _run(self) -> None:
+        interval = self.config.telemetry_interval_s
+        next_window = time.monotonic() + interval
+        while not self._stop.is_set():
+            try:
+                item = self._inbox.get(timeout=max(0.0, next_window - time.monotonic()))
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    self._handle(item)
+                if time.monotonic() >= next_window:
+                    next_window += interval
+                    self._publish_window()
+            except Exception:  # the loop must survive anything one message does
+                log.exception("%s: error in agent loop", self.config.device_id)
+
+    def _handle(self, item: _Inbound) -> None:
+        if item.kind == "_connected":
+            self._publish_state()
+        elif item.kind == "desired":
+            try:
+                desired = parse_desired(item.payload)
+            except WireError as exc:
+                self.dropped_messages += 1
+                log.warning("%s: dropped desired state: %s", self.config.device_id, exc)
+                return
+            self._follow(desired)
+        else:
+            self.dropped_messages += 1
+            log.warning("%s: dropped %s message: no handler", self.config.device_id, item.kind)
+
+    # ------------------------------------------------------------------ updates
+
+    def _follow(self, desired: Desired) -> None:
+        target = desired.bundle
+        if target is None:
+            return
+        self.generation, self.deployment_id = desired.generation, desired.deployment_id
+        active = self.active_bundle
+        if active is not None and active.manifest_sha256 == target.manifest_sha256:
+            self.phase, self.error = "idle", None
+            self._publish_state()
+            return
+        if self._failed == (desired.generation, target.manifest_sha256):
+            self._publish_state()  # already tried and reported: do not loop on it
+            return
+        self._update(target, desired.blob_base_url or self.config.blob_base_url)
+
+    def _update(self, target: BundleRef, base_url: str) -> None:
+        self.error = None
+        self._event("update_started", target)
+        try:
+            self.state, prepared = self.updater.prepare(
+                self.state, target, base_url, self._progress
+            )
+        except Exception as exc:  # every failure is reported; the old model keeps serving
+            code = error_code(exc)
+            if code == "internal":
+                log.exception("%s: update failed unexpectedly", self.config.device_id)
+            else:
+                log.warning(
+                    "%s: update to %s@%s failed: %s",
+                    self.config.device_id,
+                    target.name,
+                    target.version,
+                    exc,
+                )
+            self._failed = (self.generation, target.manifest_sha256)
+            self.phase, self.error = "failed", ErrorInfo(code, str(exc))
+            self._event("update_failed", target, code=code, message=str(exc))
+            self._publish_state()
+            return
+        self._activate(prepared)
+        self._event("update_succeeded", target)
+
+    def _activate(self, prepared: Prepared) -> None:
+        self.state = self.store.activate(self.state, prepared.slot, prepared.info)
+        self.inference.swap(prepared.model)
+        self.phase, self.error, self._failed = "idle", None, None
+        self._publish_state()
+
+    def _progress(self, phase: str) -> None:
+        self.phase = phase
+        self._publish_state()
+
+    # ------------------------------------------------------------------ reporting
+
+    def _ref(self, slot: str | None) -> BundleRef | None:
+        info = self.state.slot_info(slot)
+        return None if info is None else BundleRef(info.manifest_sha256, info.name, info.version)
+
+    def _publish_state(self) -> None:
+        state = State(
+            device_id=self.config.device_id,
+            ts=time.time(),
+            phase=self.phase,
+            hardware_class=self.config.hardware_class,
+            tags=list(self.config.tags),
+            active=self.active_bundle,
+            previous=self._ref(self.state.previous),
+            generation=self.generation,
+            deployment_id=self.deployment_id,
+            error=self.error,
+            agent_version=AGENT_VERSION,
+        )
+        self.link.publish("state", state.to_bytes(), retain=True)
+
+    def _event(
+        self, kind: str, bundle: BundleRef | None, *, code: str | None = None, message: str = ""
+    ) -> None:
+        event = Event(
+            device_id=self.config.device_id,
+            ts=time.time(),
+            type=kind,
+            deployment_id=self.deployment_id,
+            bundle=bundle,
+            code=code,
+            message=message,
+        )
+        self.link.publish("events", event.to_bytes())
+
+    def _publish_window(self) -> None:
+        snap = self.inference.window.roll(time.time())
+        self._seq += 1
+        telemetry = Telemetry(
+            device_id=self.config.device_id,
+            seq=self._seq,
+            window_start=snap.window_start,
+            window_end=snap.window_end,
+            inference_count=snap.inference_count,
+            error_count=snap.error_count,
+            latency_p50_ms=snap.p50_ms,
+            latency_p95_ms=snap.p95_ms,
+            latency_p99_ms=snap.p99_ms,
+            bundle=self.active_bundle,
+        )
+        self.link.publish("telemetry", telemetry.to_bytes())

@@ -1,0 +1,116 @@
+"""Fetching blobs over HTTP by sha256, resuming with Range, verifying while streaming.
+
+A partial download is kept as ``<sha256>.part``; the next attempt re-hashes what is
+there and asks only for the rest (``Range: bytes=N-``). Bytes past the size the
+manifest declares are refused as they arrive, so a hostile server cannot fill the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from agent.errors import UpdateError
+from firmware_bundles.errors import DigestMismatchError, SizeMismatchError
+from firmware_bundles.manifest import FileEntry
+from firmware_bundles.verify import BlobVerifier
+
+CHUNK = 1 << 16
+
+
+def fetch_small(url: str, *, max_bytes: int, timeout: float) -> bytes:
+    """GET a small document (the envelope) with a hard size cap."""
+    request = urllib.request.Request(url, headers={"User-Agent": "edgefleet-agent"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data: bytes = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as exc:
+        raise UpdateError("download", f"GET {url} answered HTTP {exc.code}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise UpdateError("download", f"GET {url} failed: {exc}") from exc
+    if len(data) > max_bytes:
+        raise UpdateError("download", f"{url} is larger than the {max_bytes}-byte limit")
+    return data
+
+
+def _rehash_partial(part: Path, entry: FileEntry) -> BlobVerifier:
+    checker = BlobVerifier(entry)
+    if part.exists():
+        if part.stat().st_size > entry.size:
+            part.unlink()
+            return checker
+        with part.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                checker.update(chunk)
+    return checker
+
+
+def download_blob(base_url: str, entry: FileEntry, downloads: Path, *, timeout: float) -> Path:
+    """Download one blob into ``downloads`` and return the verified file's path.
+
+    Raises:
+        UpdateError: network or HTTP failure (code ``download``; the partial file stays
+            for the next attempt to resume).
+        DigestMismatchError / SizeMismatchError: the bytes do not match the manifest
+            (the partial file is deleted: resuming would only repeat the failure).
+    """
+    done = downloads / entry.sha256
+    if done.exists():
+        return done
+    part = downloads / f"{entry.sha256}.part"
+    checker = _rehash_partial(part, entry)
+    offset = checker.received
+    try:
+        if offset < entry.size:
+            checker = _stream_into(f"{base_url}/{entry.sha256}", part, checker, timeout)
+        if checker.received < entry.size:
+            # A short read is a network problem, not a bad blob: keep the part to resume.
+            raise UpdateError(
+                "download", f"{entry.name}: got {checker.received} of {entry.size} bytes"
+            )
+        checker.finish()
+    except DigestMismatchError:
+        part.unlink(missing_ok=True)
+        raise
+    except SizeMismatchError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, done)
+    return done
+
+
+def _stream_into(url: str, part: Path, checker: BlobVerifier, timeout: float) -> BlobVerifier:
+    offset = checker.received
+    headers = {"User-Agent": "edgefleet-agent"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if offset and response.status != 206:
+                # Server ignored the Range: start over rather than append a second copy.
+                checker = BlobVerifier(checker.entry)
+                mode = "wb"
+            else:
+                mode = "ab" if offset else "wb"
+            with part.open(mode) as handle:
+                while chunk := response.read(CHUNK):
+                    checker.update(chunk)
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+        return checker
+    except urllib.error.HTTPError as exc:
+        raise UpdateError("download", f"GET {url} answered HTTP {exc.code}") from exc
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise UpdateError(
+            "download", f"GET {url} failed after {checker.received} bytes: {exc}"
+        ) from exc
+
+
+def envelope_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,100 @@
+"""Local inference: the Python API applications call, with telemetry on every call.
+
+The active model can be swapped atomically while requests are in flight: a request
+runs to the end on the model it started with.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import InvalidInputError, NoModelError
+from agent.telemetry import TelemetryWindow
+from firmware_bundles.manifest import Manifest
+from firmware_bundles.runtimes import ModelRunner
+from firmware_bundles.wire import BundleRef
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    runner: ModelRunner
+    manifest: Manifest
+    ref: BundleRef
+
+
+class InferenceService:
+    """Runs inference on the active model and records it in the telemetry window."""
+
+    def __init__(self, window: TelemetryWindow) -> None:
+        self._active: ActiveModel | None = None
+        self._swap_lock = threading.Lock()
+        self.window = window
+
+    @property
+    def active(self) -> ActiveModel | None:
+        return self._active
+
+    def swap(self, model: ActiveModel | None) -> ActiveModel | None:
+        """Install ``model`` as the one serving; return the one it replaced."""
+        with self._swap_lock:
+            old, self._active = self._active, model
+        return old
+
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
+        """Run the active model on ``inputs`` (name -> array-like).
+
+        Raises:
+            NoModelError: no model is active yet.
+            InvalidInputError: a missing or unknown input, or one of the wrong shape.
+        """
+        model = self._active
+        if model is None:
+            raise NoModelError("no model is active on this device yet")
+        started = time.perf_counter()
+        ok = False
+        try:
+            feeds = _prepare(model, inputs)
+            outputs = model.runner.run(feeds)
+            ok = True
+            return outputs
+        finally:
+            self.window.record((time.perf_counter() - started) * 1000.0, ok)
+
+
+def _prepare(model: ActiveModel, inputs: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
+    specs = model.runner.inputs
+    unknown = set(inputs) - {s.name for s in specs}
+    if unknown:
+        raise InvalidInputError(
+            f"unknown input(s) {sorted(unknown)}; model takes {[s.name for s in specs]}"
+        )
+    feeds: dict[str, npt.NDArray[Any]] = {}
+    for spec in specs:
+        if spec.name not in inputs:
+            raise InvalidInputError(f"missing input {spec.name!r}")
+        value = inputs[spec.name]
+        array = value if isinstance(value, np.ndarray) and value.dtype == spec.dtype else None
+        if array is None:
+            try:
+                array = np.asarray(value, dtype=spec.dtype)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(
+                    f"input {spec.name!r} is not a {spec.dtype} array: {exc}"
+                ) from exc
+        if len(array.shape) != len(spec.shape) or any(
+            want is not None and got != want
+            for got, want in zip(array.shape, spec.shape, strict=True)
+        ):
+            raise InvalidInputError(
+                f"input {spec.name!r} has shape {list(array.shape)}, model expects "
+                f"{[d if d is not None else 'N' for d in spec.shape]}"
+            )
+        feeds[spec.name] = array
+    return feeds

@@ -1,0 +1,139 @@
+"""The agent's one MQTT connection: paho behind a small adapter.
+
+paho types and its network thread stay in here: received messages go to the
+``on_message(kind, payload)`` callback the agent gives (which only enqueues), and the
+agent publishes through :meth:`MqttLink.publish`. The Last Will marks the device
+offline (retained) when the connection drops without a goodbye.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from firmware_bundles.errors import EdgeFleetError, WireError
+from firmware_bundles.wire import Status, split_topic, topic
+
+log = logging.getLogger(__name__)
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
+        raise EdgeFleetError(f"broker URL must look like mqtt://HOST:PORT, got {url!r}")
+    return parsed.hostname, parsed.port or 1883
+
+
+class MqttLink:
+    def __init__(
+        self,
+        device_id: str,
+        broker_url: str,
+        on_message: Callable[[str, bytes], None],
+        on_connected: Callable[[], None],
+        *,
+        keepalive: int = 30,
+    ) -> None:
+        self.device_id = device_id
+        self.host, self.port = parse_broker_url(broker_url)
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._keepalive = keepalive
+        self.connected = threading.Event()
+        # Client id == device id: the broker ACL pattern (%u) ties topics to it.
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=False
+        )
+        self._client.max_inflight_messages_set(50)
+        self._client.max_queued_messages_set(10_000)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.will_set(
+            topic(device_id, "up", "status"),
+            Status(online=False, ts=0.0).to_bytes(),
+            qos=1,
+            retain=True,
+        )
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+
+    def start(self) -> None:
+        self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
+        self._client.loop_start()
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Disconnect. ``graceful=False`` drops the socket so the broker sends the Will."""
+        if graceful and self.connected.is_set():
+            info = self._client.publish(
+                topic(self.device_id, "up", "status"),
+                Status(online=False, ts=time.time()).to_bytes(),
+                qos=1,
+                retain=True,
+            )
+            info.wait_for_publish(timeout=2)
+            self._client.disconnect()
+        elif not graceful:
+            sock = self._client.socket()
+            if sock is not None:
+                sock.close()
+        self._client.loop_stop()
+        self.connected.clear()
+
+    def publish(self, kind: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        result = self._client.publish(
+            topic(self.device_id, "up", kind), payload, qos=qos, retain=retain
+        )
+        if result.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning(
+                "%s: publish to %s failed: %s", self.device_id, kind, mqtt.error_string(result.rc)
+            )
+
+    # paho callbacks (paho's network thread) ---------------------------------------
+
+    def _handle_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("%s: broker refused connection: %s", self.device_id, reason)
+            return
+        client.subscribe(
+            [
+                (topic(self.device_id, "down", "desired"), 1),
+                (topic(self.device_id, "down", "cmd"), 1),
+            ]
+        )
+        client.publish(
+            topic(self.device_id, "up", "status"),
+            Status(online=True, ts=time.time()).to_bytes(),
+            qos=1,
+            retain=True,
+        )
+        self.connected.set()
+        self._on_connected()
+
+    def _handle_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self.connected.clear()
+        if reason.is_failure:
+            log.info("%s: disconnected from broker (%s); reconnecting", self.device_id, reason)
+
+    def _handle_message(
+        self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
+    ) -> None:
+        try:
+            device, direction, kind = split_topic(message.topic)
+        except WireError as exc:
+            log.warning("%s: dropped message on unexpected topic: %s", self.device_id, exc)
+            return
+        if device != self.device_id or direction != "down":
+            log.warning("%s: dropped message for %s/%s", self.device_id, device, direction)
+            return
+        self._on_message(kind, bytes(message.payload))

@@ -1,0 +1,1 @@
+"""EdgeFleet bundle format: signed manifest, DSSE envelope, content-addressed blobs."""

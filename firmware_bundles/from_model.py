@@ -1,0 +1,74 @@
+"""Make a bundle straight from a model file: read its I/O spec, compute golden outputs.
+
+This is the IO edge the CLI and the controller share: it loads the model in its runtime
+once to learn the tensor specs and to produce the golden outputs for the health check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from firmware_bundles.builder import BuiltBundle, build_bundle
+from firmware_bundles.errors import ManifestError
+from firmware_bundles.golden import Arrays, encode_arrays, generate_inputs
+from firmware_bundles.manifest import HealthCheck
+from firmware_bundles.runtimes import load_runner
+
+
+def runtime_for(model_path: Path) -> str:
+    suffix = model_path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix == ".tflite":
+        return "tflite"
+    raise ManifestError(f"cannot tell the runtime of {model_path.name}: use .onnx or .tflite")
+
+
+def bundle_from_model_file(
+    model_path: Path,
+    *,
+    name: str,
+    version: str,
+    release_counter: int,
+    key: Ed25519PrivateKey,
+    now: datetime,
+    hardware_classes: Sequence[str] = ("generic",),
+    health_check: HealthCheck | None = None,
+    golden_batch: int = 4,
+    golden_inputs: Arrays | None = None,
+    golden_outputs: Arrays | None = None,
+    compression: Mapping[str, Any] | None = None,
+    valid_for: timedelta = timedelta(days=365),
+) -> BuiltBundle:
+    """Build a signed bundle for ``model_path``.
+
+    Golden inputs default to seeded random tensors fitting the model's inputs; golden
+    outputs default to what the model itself produces on them (pass ``golden_outputs``
+    to pin outputs computed elsewhere, for example by the uncompressed model).
+    """
+    runtime = runtime_for(model_path)
+    runner = load_runner(runtime, model_path)
+    feeds = golden_inputs or generate_inputs(runner.inputs, batch=golden_batch)
+    outputs = golden_outputs if golden_outputs is not None else runner.run(feeds)
+    return build_bundle(
+        name=name,
+        version=version,
+        release_counter=release_counter,
+        runtime=runtime,
+        model=model_path.read_bytes(),
+        inputs=runner.inputs,
+        outputs=runner.outputs,
+        golden_inputs=encode_arrays(feeds),
+        golden_outputs=encode_arrays(outputs),
+        hardware_classes=hardware_classes,
+        key=key,
+        now=now,
+        health_check=health_check,
+        compression=compression,
+        valid_for=valid_for,
+    )

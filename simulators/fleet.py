@@ -1,0 +1,149 @@
+"""A fleet of real agents in one process, each with its own MQTT connection and data dir.
+
+The agents are the production :class:`agent.daemon.Agent`; the simulator only creates
+them, opens their connections in batches (Mosquitto's listen backlog is 100), and feeds
+them generated inputs so they serve inference and report real telemetry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+
+from agent.config import AgentConfig
+from agent.daemon import Agent
+from agent.errors import AgentError
+from firmware_bundles.golden import generate_inputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FleetSpec:
+    devices: int
+    broker_url: str
+    controller_url: str
+    trust: tuple[Path, ...]
+    data_dir: Path
+    prefix: str = "sim"
+    hardware_class: str = "generic"
+    tags: tuple[str, ...] = ("sim",)
+    telemetry_interval_s: float = 2.0
+    connect_batch: int = 50
+    extra_tags: dict[int, tuple[str, ...]] = field(default_factory=dict)
+
+    def device_id(self, index: int) -> str:
+        return f"{self.prefix}-{index:04d}"
+
+
+class Fleet:
+    def __init__(self, spec: FleetSpec) -> None:
+        self.spec = spec
+        self.agents: list[Agent] = []
+        for index in range(spec.devices):
+            config = AgentConfig(
+                device_id=spec.device_id(index),
+                broker_url=spec.broker_url,
+                controller_url=spec.controller_url,
+                data_dir=spec.data_dir / spec.device_id(index),
+                trust=spec.trust,
+                hardware_class=spec.hardware_class,
+                tags=spec.tags + spec.extra_tags.get(index, ()),
+                telemetry_interval_s=spec.telemetry_interval_s,
+            )
+            self.agents.append(Agent(config))
+        self._feeder: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.inferences = 0
+        self.inference_errors = 0
+
+    def start(self) -> None:
+        batch = self.spec.connect_batch
+        for start in range(0, len(self.agents), batch):
+            group = self.agents[start : start + batch]
+            for agent in group:
+                agent.start()
+            deadline = time.monotonic() + 10
+            for agent in group:
+                agent.link.connected.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        self.stop_feeding()
+        for agent in self.agents:
+            agent.stop()
+
+    def __enter__(self) -> Fleet:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ queries
+
+    def versions(self) -> dict[str, str | None]:
+        """device id -> active bundle version (None: no model)."""
+        return {
+            a.config.device_id: (a.active_bundle.version if a.active_bundle else None)
+            for a in self.agents
+        }
+
+    def count_on(self, version: str) -> int:
+        return sum(1 for v in self.versions().values() if v == version)
+
+    def wait_for(self, version: str, count: int | None = None, timeout: float = 60.0) -> bool:
+        want = len(self.agents) if count is None else count
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count_on(version) >= want:
+                return True
+            time.sleep(0.1)
+        return False
+
+    # ------------------------------------------------------------------ traffic
+
+    def feed(self, rate_per_device: float, *, agents: Iterable[Agent] | None = None) -> None:
+        """Call each agent's inference API ``rate_per_device`` times a second."""
+        chosen = list(agents) if agents is not None else self.agents
+        self._stop.clear()
+        self._feeder = threading.Thread(
+            target=self._feed_loop, args=(chosen, rate_per_device), daemon=True, name="fleet-feeder"
+        )
+        self._feeder.start()
+
+    def stop_feeding(self) -> None:
+        self._stop.set()
+        if self._feeder is not None:
+            self._feeder.join(timeout=10)
+            self._feeder = None
+
+    def _feed_loop(self, agents: list[Agent], rate: float) -> None:
+        period = 1.0 / rate if rate > 0 else 1.0
+        cache: dict[str, list[dict[str, npt.NDArray[Any]]]] = {}
+        tick = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            for agent in agents:
+                model = agent.inference.active
+                if model is None:
+                    continue
+                key = model.ref.manifest_sha256
+                if key not in cache:
+                    cache[key] = [generate_inputs(model.runner.inputs, seed=s) for s in range(8)]
+                try:
+                    agent.infer(cache[key][tick % 8])
+                    self.inferences += 1
+                except (AgentError, ValueError, RuntimeError) as exc:
+                    self.inference_errors += 1
+                    log.debug("%s: inference failed: %s", agent.config.device_id, exc)
+                except Exception:  # noqa: BLE001 - a model failure must not stop the feeder
+                    self.inference_errors += 1
+            tick += 1
+            self._stop.wait(max(0.0, period - (time.monotonic() - started)))

@@ -1,0 +1,116 @@
+"""Every payload the controller or an agent reads: valid ones parse, bad ones name the problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from firmware_bundles.errors import WireError
+from firmware_bundles.wire import (
+    MAX_PAYLOAD_BYTES,
+    BundleRef,
+    Desired,
+    ErrorInfo,
+    Event,
+    State,
+    Status,
+    Telemetry,
+    check_device_id,
+    parse_desired,
+    parse_event,
+    parse_state,
+    parse_status,
+    parse_telemetry,
+    split_topic,
+    topic,
+)
+
+REF = BundleRef("ab" * 32, "m", "1.0.0")
+
+
+def test_round_trips() -> None:
+    desired = Desired(3, REF, "dep-1", "http://c/api/v1/blobs")
+    assert parse_desired(desired.to_bytes()) == desired
+    state = State(
+        "dev-1",
+        1.5,
+        "failed",
+        "rpi4",
+        ["a"],
+        REF,
+        None,
+        3,
+        "dep-1",
+        ErrorInfo("signature", "x"),
+        "0.1",
+    )
+    assert parse_state(state.to_bytes()) == state
+    event = Event("dev-1", 2.0, "update_failed", "dep-1", REF, "digest_mismatch", "bad")
+    assert parse_event(event.to_bytes()) == event
+    tele = Telemetry("dev-1", 7, 1.0, 6.0, 10, 1, 0.5, 0.9, 1.2, REF)
+    assert parse_telemetry(tele.to_bytes()) == tele
+    assert parse_status(Status(True, 3.0).to_bytes()) == Status(True, 3.0)
+
+
+@pytest.mark.parametrize(
+    "parse", [parse_desired, parse_state, parse_event, parse_telemetry, parse_status]
+)
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\xff\xfe\x00garbage", "not JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"schema": 9}', "schema"),
+        (b"{" + b" " * MAX_PAYLOAD_BYTES + b"}", "over"),
+    ],
+)
+def test_bad_payloads_raise_wire_error(parse, payload: bytes, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(WireError, match=message):
+        parse(payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (
+            b'{"schema":1,"device_id":"d","seq":"1","window_start":0,"window_end":1,"inference_count":1,"error_count":0}',
+            "seq",
+        ),
+        (
+            b'{"schema":1,"device_id":"d","seq":1,"window_start":0,"window_end":1,"inference_count":-1,"error_count":0}',
+            ">= 0",
+        ),
+        (
+            b'{"schema":1,"device_id":"d","seq":1,"window_start":5,"window_end":1,"inference_count":1,"error_count":0}',
+            "before it starts",
+        ),
+        (
+            b'{"schema":1,"device_id":"D/#","seq":1,"window_start":0,"window_end":1,"inference_count":1,"error_count":0}',
+            "invalid device id",
+        ),
+        (
+            b'{"schema":1,"device_id":"d","seq":true,"window_start":0,"window_end":1,"inference_count":1,"error_count":0}',
+            "bool",
+        ),
+    ],
+)
+def test_telemetry_wrong_types(payload: bytes, message: str) -> None:
+    with pytest.raises(WireError, match=message):
+        parse_telemetry(payload)
+
+
+@pytest.mark.parametrize("bad", ["", "Dev", "dev/1", "dev+", "#", "-dev", "a" * 64, "dév"])
+def test_device_ids_that_could_escape_their_topics(bad: str) -> None:
+    with pytest.raises(WireError):
+        check_device_id(bad)
+
+
+def test_topics() -> None:
+    assert topic("dev-1", "up", "state") == "edgefleet/v1/dev/dev-1/up/state"
+    assert split_topic("edgefleet/v1/dev/dev-1/up/telemetry") == ("dev-1", "up", "telemetry")
+    for bad in (
+        "edgefleet/v1/dev/dev-1/up/nope",
+        "other/v1/dev/dev-1/up/state",
+        "edgefleet/v1/dev/DEV/up/state",
+    ):
+        with pytest.raises(WireError):
+            split_topic(bad)
