@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from agent.errors import InvalidInputError, NoModelError
 from agent.telemetry import TelemetryWindow
-from firmware_bundles.manifest import Manifest
+from firmware_bundles.manifest import Manifest, TensorSpec
 from firmware_bundles.runtimes import ModelRunner
 from firmware_bundles.wire import BundleRef
 
@@ -70,31 +70,37 @@ class InferenceService:
 
 def _prepare(model: ActiveModel, inputs: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
     specs = model.runner.inputs
-    unknown = set(inputs) - {s.name for s in specs}
-    if unknown:
-        raise InvalidInputError(
-            f"unknown input(s) {sorted(unknown)}; model takes {[s.name for s in specs]}"
-        )
+    if len(inputs) != len(specs) or any(s.name not in inputs for s in specs):
+        _raise_for_names(specs, inputs)
     feeds: dict[str, npt.NDArray[Any]] = {}
     for spec in specs:
-        if spec.name not in inputs:
-            raise InvalidInputError(f"missing input {spec.name!r}")
         value = inputs[spec.name]
-        array = value if isinstance(value, np.ndarray) and value.dtype == spec.dtype else None
-        if array is None:
+        if isinstance(value, np.ndarray) and value.dtype == spec.dtype:
+            array = value
+        else:
             try:
                 array = np.asarray(value, dtype=spec.dtype)
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(
                     f"input {spec.name!r} is not a {spec.dtype} array: {exc}"
                 ) from exc
-        if len(array.shape) != len(spec.shape) or any(
-            want is not None and got != want
-            for got, want in zip(array.shape, spec.shape, strict=True)
+        shape = array.shape
+        if len(shape) != len(spec.shape) or any(
+            want is not None and got != want for got, want in zip(shape, spec.shape, strict=True)
         ):
             raise InvalidInputError(
-                f"input {spec.name!r} has shape {list(array.shape)}, model expects "
+                f"input {spec.name!r} has shape {list(shape)}, model expects "
                 f"{[d if d is not None else 'N' for d in spec.shape]}"
             )
         feeds[spec.name] = array
     return feeds
+
+
+def _raise_for_names(specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any]) -> None:
+    unknown = set(inputs) - {s.name for s in specs}
+    if unknown:
+        raise InvalidInputError(
+            f"unknown input(s) {sorted(unknown)}; model takes {[s.name for s in specs]}"
+        )
+    missing = [s.name for s in specs if s.name not in inputs]
+    raise InvalidInputError(f"missing input(s) {missing}")

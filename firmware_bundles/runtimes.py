@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import numpy.typing as npt
 
 from firmware_bundles.errors import BundleError
@@ -72,10 +71,8 @@ class OnnxRunner:
         self._output_names = [o.name for o in self.outputs]
 
     def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
-        results = self._session.run(self._output_names, dict(feeds))
-        return {
-            name: np.asarray(value) for name, value in zip(self._output_names, results, strict=True)
-        }
+        results = self._session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, results, strict=True))
 
 
 def load_runner(runtime: str, model_path: Path, *, threads: int = 1) -> ModelRunner:

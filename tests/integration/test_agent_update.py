@@ -254,6 +254,7 @@ def test_garbage_on_the_desired_topic_is_dropped(
 ) -> None:  # type: ignore[no-untyped-def]
     agent = agent_factory("dev-f")
     desired_topic = topic("dev-f", "down", "desired")
+    publish(mqtt_broker, topic("dev-f", "down", "cmd"), b"\x00garbage")
     for junk in (
         b"\xff\xfe garbage",
         b"[1,2,3]",
@@ -262,7 +263,7 @@ def test_garbage_on_the_desired_topic_is_dropped(
         b"{" + b" " * 300_000 + b"}",
     ):
         publish(mqtt_broker, desired_topic, junk)
-    assert wait_until(lambda: agent.dropped_messages >= 5)
+    assert wait_until(lambda: agent.dropped_messages >= 6)
     v1 = make_bundle(tmp_path, keys[0], "1.0.0", seed=1)
     deploy(mqtt_broker, blobs, "dev-f", v1, 1)
     assert wait_until(lambda: agent.active_bundle is not None)
