@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy.typing as npt
@@ -21,8 +21,9 @@ from agent.config import AgentConfig
 from agent.errors import error_code
 from agent.inference import InferenceService
 from agent.mqtt_link import MqttLink
-from agent.slots import AgentState, SlotStore
-from agent.telemetry import TelemetryWindow
+from agent.slots import AgentState, SlotStore, TrialRecord
+from agent.telemetry import TelemetryWindow, WindowSnapshot
+from agent.trial import TrialCounts, TrialPolicy, judge_trial
 from agent.updater import Prepared, Updater
 from firmware_bundles.errors import EdgeFleetError, WireError
 from firmware_bundles.keys import load_trusted_keys
@@ -103,7 +104,20 @@ class Agent:
     # ------------------------------------------------------------------ start-up
 
     def _boot_model(self) -> None:
-        """Serve the active slot; if it fails verification or load, fall back."""
+        """Serve the active slot; if it fails verification or load, fall back.
+
+        Starting while the active slot is on trial counts as a failed start of that
+        model; past the policy's limit the agent returns to the previous slot.
+        """
+        trial = self.state.trial
+        if trial is not None:
+            trial = replace(trial, boot_attempts=trial.boot_attempts + 1)
+            self.state = self.store.save_trial(self.state, trial)
+            verdict = judge_trial(_policy(trial), _counts(trial), time.time())
+            if verdict.action == "rollback" and self.state.previous is not None:
+                failed = self._ref(self.state.active)
+                if self._return_to_previous(verdict.code, verdict.reason, failed):
+                    return
         for slot in (self.state.active, self.state.previous):
             if slot is None:
                 continue
@@ -119,6 +133,7 @@ class Agent:
             if slot != self.state.active:
                 self.state = self.store.activate(self.state, slot, prepared.info)
             self.inference.swap(prepared.model)
+            self.phase = "trial" if self.state.trial is not None else "idle"
             return
 
     # ------------------------------------------------------------------ worker
@@ -177,18 +192,20 @@ class Agent:
             self.phase, self.error = "idle", None
             self._publish_state()
             return
-        if self._failed == (desired.generation, target.manifest_sha256):
+        attempt = (desired.generation, target.manifest_sha256)
+        if attempt in (self._failed, self.state.rejected):
             self._publish_state()  # already tried and reported: do not loop on it
             return
-        self._update(target, desired.blob_base_url or self.config.blob_base_url)
+        self._update(target, desired.blob_base_url or self.config.blob_base_url, desired.trial)
 
-    def _update(self, target: BundleRef, base_url: str) -> None:
+    def _update(self, target: BundleRef, base_url: str, trial: dict[str, Any] | None) -> None:
         self.error = None
         self._event("update_started", target)
         try:
             self.state, prepared = self.updater.prepare(
                 self.state, target, base_url, self._progress
             )
+            policy = TrialPolicy.from_dict(trial or prepared.model.manifest.trial or {})
         except Exception as exc:  # every failure is reported; the old model keeps serving
             code = error_code(exc)
             if code == "internal":
@@ -206,14 +223,68 @@ class Agent:
             self._event("update_failed", target, code=code, message=str(exc))
             self._publish_state()
             return
-        self._activate(prepared)
+        self._activate(prepared, policy)
         self._event("update_succeeded", target)
 
-    def _activate(self, prepared: Prepared) -> None:
-        self.state = self.store.activate(self.state, prepared.slot, prepared.info)
+    def _activate(self, prepared: Prepared, policy: TrialPolicy) -> None:
+        # A first model has nothing to roll back to: it commits once healthy.
+        trial = None
+        if self.state.active is not None:
+            trial = TrialRecord(prepared.slot, time.time(), policy.to_dict(), self.generation)
+            self._publish_window()  # the trial counts only the new model's traffic
+        self.state = self.store.activate(self.state, prepared.slot, prepared.info, trial)
         self.inference.swap(prepared.model)
-        self.phase, self.error, self._failed = "idle", None, None
+        self.phase = "trial" if trial is not None else "idle"
+        self.error, self._failed = None, None
         self._publish_state()
+
+    # ------------------------------------------------------------------ trial
+
+    def _judge_trial(self, snap: WindowSnapshot) -> None:
+        trial = self.state.trial
+        if trial is None:
+            return
+        hist = dict(trial.latency_histogram)
+        for index, count in snap.histogram.items():
+            hist[index] = hist.get(index, 0) + count
+        trial = replace(
+            trial,
+            inferences=trial.inferences + snap.inference_count,
+            errors=trial.errors + snap.error_count,
+            latency_histogram=hist,
+        )
+        verdict = judge_trial(_policy(trial), _counts(trial), time.time())
+        if verdict.action == "commit":
+            self.state = self.store.commit(self.state)
+            self.phase = "idle"
+            self._event("committed", self.active_bundle)
+            self._publish_state()
+        elif verdict.action == "rollback":
+            self._return_to_previous(verdict.code, verdict.reason, self.active_bundle)
+        else:
+            self.state = self.store.save_trial(self.state, trial)
+
+    def _return_to_previous(self, code: str, reason: str, failed: BundleRef | None) -> bool:
+        """Serve the previous slot again; False if it cannot be loaded."""
+        previous = self.state.previous
+        trial = self.state.trial
+        if previous is None:
+            return False
+        try:
+            prepared = self.updater.load_slot(self.state, previous)
+        except EdgeFleetError as exc:
+            log.error("%s: cannot roll back, previous slot fails: %s", self.config.device_id, exc)
+            return False
+        self.state = self.store.activate(self.state, previous, prepared.info)
+        self.inference.swap(prepared.model)
+        if failed is not None:
+            generation = trial.generation if trial is not None else self.generation
+            self.state = self.store.reject(self.state, generation, failed.manifest_sha256)
+        log.warning("%s: rolled back from %s: %s", self.config.device_id, failed, reason)
+        self.phase, self.error = "failed", ErrorInfo(code, reason)
+        self._event("rolled_back", failed, code=code, message=reason)
+        self._publish_state()
+        return True
 
     def _progress(self, phase: str) -> None:
         self.phase = phase
@@ -238,6 +309,7 @@ class Agent:
             deployment_id=self.deployment_id,
             error=self.error,
             agent_version=AGENT_VERSION,
+            on_trial=self.state.trial is not None,
         )
         self.link.publish("state", state.to_bytes(), retain=True)
 
@@ -271,3 +343,18 @@ class Agent:
             bundle=self.active_bundle,
         )
         self.link.publish("telemetry", telemetry.to_bytes())
+        self._judge_trial(snap)
+
+
+def _policy(trial: TrialRecord) -> TrialPolicy:
+    return TrialPolicy.from_dict(trial.policy)
+
+
+def _counts(trial: TrialRecord) -> TrialCounts:
+    return TrialCounts(
+        trial.started_at,
+        trial.inferences,
+        trial.errors,
+        trial.latency_histogram,
+        trial.boot_attempts,
+    )

@@ -38,12 +38,35 @@ class SlotInfo:
 
 
 @dataclass(frozen=True)
+class TrialRecord:
+    """The active slot is on trial: what it has shown so far (persisted every window)."""
+
+    slot: str
+    started_at: float
+    policy: dict[str, Any]
+    generation: int = 0  # of the desired state that asked for this model
+    boot_attempts: int = 1
+    inferences: int = 0
+    errors: int = 0
+    latency_histogram: dict[int, int] = field(default_factory=dict)
+
+    @staticmethod
+    def from_dict(raw: dict[str, Any]) -> TrialRecord:
+        hist = {int(k): int(v) for k, v in raw.get("latency_histogram", {}).items()}
+        return TrialRecord(**{**raw, "latency_histogram": hist})
+
+
+@dataclass(frozen=True)
 class AgentState:
     active: str | None = None
     previous: str | None = None
     slots: dict[str, SlotInfo] = field(default_factory=dict)
     # Highest release_counter ever activated: the anti-rollback floor.
     max_release_counter: int = 0
+    trial: TrialRecord | None = None
+    # (generation, manifest sha256) of a bundle rolled back after its trial: the same
+    # desired state must not bring it back (only a newer generation may retry it).
+    rejected: tuple[int, str] | None = None
 
     def slot_info(self, slot: str | None) -> SlotInfo | None:
         return None if slot is None else self.slots.get(slot)
@@ -70,11 +93,16 @@ class AgentState:
             raise ValueError(f"state schema {raw.get('schema')!r} unsupported")
         slots = {k: SlotInfo(**v) for k, v in raw.get("slots", {}).items() if k in SLOT_NAMES}
         active, previous = raw.get("active"), raw.get("previous")
+        trial = TrialRecord.from_dict(raw["trial"]) if raw.get("trial") else None
         return AgentState(
             active=active if active in slots else None,
             previous=previous if previous in slots else None,
             slots=slots,
             max_release_counter=int(raw.get("max_release_counter", 0)),
+            trial=trial if trial is not None and trial.slot == active else None,
+            rejected=(int(raw["rejected"][0]), str(raw["rejected"][1]))
+            if raw.get("rejected")
+            else None,
         )
 
 
@@ -126,8 +154,14 @@ class SlotStore:
         fsync_dir(target / BLOBS_DIR)
         atomic_write(target / ENVELOPE_NAME, envelope)
 
-    def activate(self, state: AgentState, slot: str, info: SlotInfo) -> AgentState:
-        """Make ``slot`` active and the old active slot previous; persist; return it."""
+    def activate(
+        self, state: AgentState, slot: str, info: SlotInfo, trial: TrialRecord | None = None
+    ) -> AgentState:
+        """Make ``slot`` active (on ``trial`` if given) and the old active one previous.
+
+        The anti-rollback floor only rises when a model *commits*: a model on trial
+        may still be rolled back, and the previous one must stay installable.
+        """
         slots = dict(state.slots)
         slots[slot] = info
         new = replace(
@@ -135,8 +169,29 @@ class SlotStore:
             active=slot,
             previous=state.active if state.active != slot else state.previous,
             slots=slots,
-            max_release_counter=max(state.max_release_counter, info.release_counter),
+            trial=trial,
+            max_release_counter=state.max_release_counter
+            if trial is not None
+            else max(state.max_release_counter, info.release_counter),
         )
+        self.save_state(new)
+        return new
+
+    def reject(self, state: AgentState, generation: int, manifest_sha256: str) -> AgentState:
+        new = replace(state, rejected=(generation, manifest_sha256))
+        self.save_state(new)
+        return new
+
+    def commit(self, state: AgentState) -> AgentState:
+        """End the trial of the active slot: it is now the known-good model."""
+        info = state.slot_info(state.active)
+        floor = max(state.max_release_counter, info.release_counter if info else 0)
+        new = replace(state, trial=None, max_release_counter=floor)
+        self.save_state(new)
+        return new
+
+    def save_trial(self, state: AgentState, trial: TrialRecord) -> AgentState:
+        new = replace(state, trial=trial)
         self.save_state(new)
         return new
 

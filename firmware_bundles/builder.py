@@ -58,6 +58,7 @@ def build_bundle(
     health_check: HealthCheck | None = None,
     compression: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, tuple[str, bytes]] | None = None,
+    trial: Mapping[str, Any] | None = None,
 ) -> BuiltBundle:
     """Assemble, validate and sign a bundle.
 
@@ -92,6 +93,7 @@ def build_bundle(
         outputs=tuple(outputs),
         health_check=health_check or HealthCheck(),
         compression=dict(compression) if compression is not None else None,
+        trial=dict(trial) if trial is not None else None,
     )
     payload = manifest.to_bytes()
     # Round-trip through the parser so a bundle we build is one a device will accept.

@@ -75,6 +75,8 @@ class Manifest:
     outputs: tuple[TensorSpec, ...]
     health_check: HealthCheck = field(default_factory=HealthCheck)
     compression: dict[str, Any] | None = None
+    # Default trial policy for devices (agent.trial.TrialPolicy fields); a rollout may override.
+    trial: dict[str, Any] | None = None
 
     def file(self, role: str) -> FileEntry:
         """Return the file with ``role``; raise :class:`ManifestError` if absent."""
@@ -218,6 +220,9 @@ def manifest_from_dict(data: object) -> Manifest:
     compression = data.get("compression")
     if compression is not None and not isinstance(compression, dict):
         raise ManifestError("manifest field 'compression' must be an object or null")
+    trial = data.get("trial")
+    if trial is not None and not isinstance(trial, dict):
+        raise ManifestError("manifest field 'trial' must be an object or null")
     return Manifest(
         name=_parse_name(_require(data, "name", str), "bundle name"),
         version=_parse_name(_require(data, "version", str), "bundle version"),
@@ -231,6 +236,7 @@ def manifest_from_dict(data: object) -> Manifest:
         outputs=tuple(_parse_tensor(t) for t in _require(data, "outputs", list)),
         health_check=_parse_health(data.get("health_check", asdict(HealthCheck()))),
         compression=compression,
+        trial=trial,
     )
 
 

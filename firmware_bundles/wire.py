@@ -23,7 +23,7 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 UP_KINDS = ("state", "events", "telemetry", "drift", "status")
 DOWN_KINDS = ("desired", "cmd")
-PHASES = ("idle", "downloading", "verifying", "installing", "health_check", "failed")
+PHASES = ("idle", "downloading", "verifying", "installing", "health_check", "trial", "failed")
 
 
 def check_device_id(device_id: str) -> str:
@@ -123,6 +123,8 @@ class Desired:
     bundle: BundleRef | None
     deployment_id: str | None = None
     blob_base_url: str | None = None
+    # Trial policy for this rollout (agent.trial.TrialPolicy fields); overrides the bundle's.
+    trial: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
         return _dumps(self)
@@ -137,6 +139,7 @@ def parse_desired(payload: bytes) -> Desired:
         bundle=None if bundle is None else BundleRef.parse(bundle, "desired.bundle"),
         deployment_id=_opt(data, "deployment_id", str, "desired"),
         blob_base_url=_opt(data, "blob_base_url", str, "desired"),
+        trial=_opt(data, "trial", dict, "desired"),
     )
 
 
@@ -164,6 +167,7 @@ class State:
     deployment_id: str | None = None
     error: ErrorInfo | None = None
     agent_version: str = ""
+    on_trial: bool = False
 
     def to_bytes(self) -> bytes:
         return _dumps(self)
@@ -202,6 +206,7 @@ def parse_state(payload: bytes) -> State:
         deployment_id=_opt(data, "deployment_id", str, "state"),
         error=error,
         agent_version=_opt(data, "agent_version", str, "state") or "",
+        on_trial=bool(_opt(data, "on_trial", bool, "state")),
     )
 
 
@@ -210,6 +215,7 @@ EVENT_TYPES = (
     "update_succeeded",
     "update_failed",
     "rolled_back",
+    "committed",
     "agent_started",
 )
 

@@ -3,113 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from agent.config import AgentConfig
-from agent.daemon import Agent
-from firmware_bundles.builder import BuiltBundle
-from firmware_bundles.from_model import bundle_from_model_file
 from firmware_bundles.golden import generate_inputs
-from firmware_bundles.keys import init_keys, load_private_key
-from firmware_bundles.wire import (
-    BundleRef,
-    Desired,
-    parse_event,
-    parse_state,
-    parse_telemetry,
-    topic,
-)
-from simulators.mosquitto import MosquittoBroker
-from tests.blob_server import BlobServer
-from tests.models import mlp
+from firmware_bundles.keys import init_keys
+from firmware_bundles.wire import parse_event, parse_telemetry, topic
+from tests.agent_harness import deploy, last_state, make_bundle, wait_until
 from tests.mqtt_tools import Watcher, publish
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture()
-def keys(tmp_path: Path) -> tuple[Path, Path]:
-    return init_keys(tmp_path / "keys")
-
-
-def make_bundle(
-    tmp: Path, key: Path, version: str, *, seed: int, counter: int = 1, **kw: object
-) -> BuiltBundle:
-    model = mlp(tmp / f"model-{version}.onnx", seed=seed)
-    return bundle_from_model_file(
-        model,
-        name="mlp",
-        version=version,
-        release_counter=counter,
-        key=load_private_key(key),
-        now=datetime.now(timezone.utc),
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def ref(bundle: BuiltBundle) -> BundleRef:
-    return BundleRef(bundle.manifest_sha256, bundle.manifest.name, bundle.manifest.version)
-
-
-@pytest.fixture()
-def blobs() -> Iterator[BlobServer]:
-    with BlobServer() as server:
-        yield server
-
-
-@pytest.fixture()
-def agent_factory(
-    mqtt_broker: MosquittoBroker, keys: tuple[Path, Path], tmp_path: Path, blobs: BlobServer
-) -> Iterator:
-    started: list[Agent] = []
-
-    def make(device_id: str = "dev-1", data_dir: Path | None = None) -> Agent:
-        config = AgentConfig(
-            device_id=device_id,
-            broker_url=mqtt_broker.url,
-            controller_url="http://127.0.0.1:9",
-            data_dir=data_dir or tmp_path / device_id,
-            trust=(keys[1],),
-            telemetry_interval_s=0.5,
-        )
-        agent = Agent(config)
-        agent.start()
-        assert agent.link.connected.wait(10)
-        started.append(agent)
-        return agent
-
-    yield make
-    for agent in started:
-        agent.stop()
-
-
-def deploy(
-    broker: MosquittoBroker, blobs: BlobServer, device: str, bundle: BuiltBundle, generation: int
-) -> None:
-    blobs.add(bundle.blobs)
-    blobs.add({bundle.manifest_sha256: bundle.envelope})
-    desired = Desired(generation, ref(bundle), deployment_id="dep-1", blob_base_url=blobs.base_url)
-    publish(broker, topic(device, "down", "desired"), desired.to_bytes(), retain=True)
-
-
-def wait_until(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def last_state(watcher: Watcher, device: str):  # type: ignore[no-untyped-def]
-    states = [parse_state(p) for t, p in watcher.messages if t == topic(device, "up", "state")]
-    return states[-1] if states else None
 
 
 def test_agent_installs_and_serves_the_new_model(
