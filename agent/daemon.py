@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +24,14 @@ from agent.mqtt_link import MqttLink
 from agent.slots import AgentState, SlotStore, TrialRecord
 from agent.telemetry import TelemetryWindow, WindowSnapshot
 from agent.trial import TrialCounts, TrialPolicy, judge_trial
-from agent.updater import Prepared, Updater
+from agent.updater import (
+    Downloader,
+    Prepared,
+    RunnerFactory,
+    Updater,
+    default_downloader,
+    default_runner_factory,
+)
 from firmware_bundles.errors import EdgeFleetError, WireError
 from firmware_bundles.keys import load_trusted_keys
 from firmware_bundles.wire import (
@@ -50,7 +57,15 @@ class _Inbound:
 class Agent:
     """One device. ``start()`` returns at once; ``stop()`` ends the threads."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        runner_factory: RunnerFactory = default_runner_factory,
+        downloader: Downloader = default_downloader,
+        phase_hook: Callable[[str], None] | None = None,
+    ) -> None:
+        """Create the agent; the keyword seams exist for the simulator's fault injection."""
         self.config = config
         self.store = SlotStore(config.data_dir)
         self.updater = Updater(
@@ -59,7 +74,10 @@ class Agent:
             hardware_class=config.hardware_class,
             threads=config.threads,
             http_timeout=config.http_timeout_s,
+            runner_factory=runner_factory,
+            downloader=downloader,
         )
+        self._phase_hook = phase_hook
         self.inference = InferenceService(TelemetryWindow(time.time()))
         self.state: AgentState = AgentState()
         self.phase = "idle"
@@ -164,6 +182,11 @@ class Agent:
                     self._publish_window()
             except Exception:  # the loop must survive anything one message does
                 log.exception("%s: error in agent loop", self.config.device_id)
+            except BaseException as exc:  # noqa: B036 - a stop-now signal (power loss)
+                # Not an error to report: the device is going down mid-step, and what
+                # is on disk is all that survives.
+                log.info("%s: agent loop stopped: %r", self.config.device_id, exc)
+                return
 
     def _handle(self, item: _Inbound) -> None:
         if item.kind == "_connected":
@@ -287,6 +310,8 @@ class Agent:
         return True
 
     def _progress(self, phase: str) -> None:
+        if self._phase_hook is not None:
+            self._phase_hook(phase)
         self.phase = phase
         self._publish_state()
 

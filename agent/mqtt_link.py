@@ -86,6 +86,23 @@ class MqttLink:
         self._client.loop_stop()
         self.connected.clear()
 
+    def cut(self, seconds: float) -> None:
+        """Drop the connection abruptly (the broker sends the Will) and stay away for
+        ``seconds``: a network cut, for the simulator. Then reconnect as usual."""
+        self._client.loop_stop()
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
+        self.connected.clear()
+
+        def back() -> None:
+            self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
+            self._client.loop_start()
+
+        timer = threading.Timer(seconds, back)
+        timer.daemon = True
+        timer.start()
+
     def publish(self, kind: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         result = self._client.publish(
             topic(self.device_id, "up", kind), payload, qos=qos, retain=retain

@@ -23,13 +23,27 @@ from agent.inference import ActiveModel
 from agent.slots import AgentState, SlotInfo, SlotStore
 from firmware_bundles.bundle_dir import VerifiedBundle, verify_bundle_dir
 from firmware_bundles.dsse import MAX_ENVELOPE_BYTES
-from firmware_bundles.runtimes import load_runner
+from firmware_bundles.manifest import FileEntry, Manifest
+from firmware_bundles.runtimes import ModelRunner, load_runner
 from firmware_bundles.verify import verify_manifest
 from firmware_bundles.wire import BundleRef
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+# Seams for the simulator's fault injection; production uses the defaults.
+RunnerFactory = Callable[[Manifest, Path, int], ModelRunner]
+Downloader = Callable[[str, Manifest, FileEntry, Path, float], Path]
+
+
+def default_runner_factory(manifest: Manifest, model_path: Path, threads: int) -> ModelRunner:
+    return load_runner(manifest.runtime, model_path, threads=threads)
+
+
+def default_downloader(
+    base_url: str, manifest: Manifest, entry: FileEntry, downloads: Path, timeout: float
+) -> Path:
+    return download_blob(base_url, entry, downloads, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,8 @@ class Updater:
         threads: int = 1,
         http_timeout: float = 30.0,
         clock: Callable[[], datetime] = _utcnow,
+        runner_factory: RunnerFactory = default_runner_factory,
+        downloader: Downloader = default_downloader,
     ) -> None:
         self.store = store
         self.trusted = trusted
@@ -62,6 +78,8 @@ class Updater:
         self.threads = threads
         self.http_timeout = http_timeout
         self.clock = clock
+        self.runner_factory = runner_factory
+        self.downloader = downloader
 
     # ------------------------------------------------------------------ loading slots
 
@@ -83,7 +101,7 @@ class Updater:
 
     def _load_checked(self, slot: str, info: SlotInfo, bundle: VerifiedBundle) -> Prepared:
         manifest = bundle.manifest
-        runner = load_runner(manifest.runtime, bundle.path_of("model"), threads=self.threads)
+        runner = self.runner_factory(manifest, bundle.path_of("model"), self.threads)
         run_health_check(
             runner, manifest, bundle.path_of("golden_inputs"), bundle.path_of("golden_outputs")
         )
@@ -129,8 +147,8 @@ class Updater:
             )
         blobs: dict[str, Path] = {}
         for entry in manifest.files:
-            blobs[entry.sha256] = download_blob(
-                base_url, entry, self.store.downloads, timeout=self.http_timeout
+            blobs[entry.sha256] = self.downloader(
+                base_url, manifest, entry, self.store.downloads, self.http_timeout
             )
 
         progress("installing")

@@ -19,8 +19,9 @@ import numpy.typing as npt
 
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from agent.errors import AgentError
 from firmware_bundles.golden import generate_inputs
+from simulators import faults
+from simulators.faults import FaultProfile
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class FleetSpec:
     telemetry_interval_s: float = 2.0
     connect_batch: int = 50
     extra_tags: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    faults: dict[int, FaultProfile] = field(default_factory=dict)
+    restart_delay_s: float = 0.2
 
     def device_id(self, index: int) -> str:
         return f"{self.prefix}-{index:04d}"
@@ -46,23 +49,62 @@ class FleetSpec:
 class Fleet:
     def __init__(self, spec: FleetSpec) -> None:
         self.spec = spec
-        self.agents: list[Agent] = []
-        for index in range(spec.devices):
-            config = AgentConfig(
-                device_id=spec.device_id(index),
-                broker_url=spec.broker_url,
-                controller_url=spec.controller_url,
-                data_dir=spec.data_dir / spec.device_id(index),
-                trust=spec.trust,
-                hardware_class=spec.hardware_class,
-                tags=spec.tags + spec.extra_tags.get(index, ()),
-                telemetry_interval_s=spec.telemetry_interval_s,
-            )
-            self.agents.append(Agent(config))
         self._feeder: threading.Thread | None = None
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self.inferences = 0
         self.inference_errors = 0
+        self.restarts = 0
+        self._power_armed = {i: [True] for i in spec.faults}
+        self.agents: list[Agent] = [self._make_agent(i) for i in range(spec.devices)]
+
+    def _make_agent(self, index: int) -> Agent:
+        spec = self.spec
+        config = AgentConfig(
+            device_id=spec.device_id(index),
+            broker_url=spec.broker_url,
+            controller_url=spec.controller_url,
+            data_dir=spec.data_dir / spec.device_id(index),
+            trust=spec.trust,
+            hardware_class=spec.hardware_class,
+            tags=spec.tags + spec.extra_tags.get(index, ()),
+            telemetry_interval_s=spec.telemetry_interval_s,
+        )
+        profile = spec.faults.get(index)
+        if profile is None:
+            return Agent(config)
+        return Agent(
+            config,
+            runner_factory=faults.runner_factory(profile),
+            downloader=faults.downloader(profile),
+            phase_hook=faults.phase_hook(
+                profile, lambda: self._power_loss(index), self._power_armed[index]
+            ),
+        )
+
+    # ------------------------------------------------------------------ faults
+
+    def restart(self, index: int, *, graceful: bool = False) -> Agent:
+        """Stop agent ``index`` (abruptly by default) and start a new process-equivalent
+        on the same data dir, as a watchdog restarting a crashed daemon would."""
+        old = self.agents[index]
+        old.stop(graceful=graceful)
+        time.sleep(self.spec.restart_delay_s)
+        new = self._make_agent(index)
+        with self._lock:
+            self.agents[index] = new
+            self.restarts += 1
+        new.start()
+        return new
+
+    def _power_loss(self, index: int) -> None:
+        # Called on the agent's own worker thread, which is about to die: restart from
+        # another thread once it has.
+        threading.Thread(target=self.restart, args=(index,), daemon=True).start()
+
+    def cut(self, index: int, seconds: float) -> None:
+        """Network cut for one device: its MQTT connection drops for ``seconds``."""
+        self.agents[index].link.cut(seconds)
 
     def start(self) -> None:
         batch = self.spec.connect_batch
@@ -109,9 +151,9 @@ class Fleet:
 
     # ------------------------------------------------------------------ traffic
 
-    def feed(self, rate_per_device: float, *, agents: Iterable[Agent] | None = None) -> None:
-        """Call each agent's inference API ``rate_per_device`` times a second."""
-        chosen = list(agents) if agents is not None else self.agents
+    def feed(self, rate_per_device: float, *, devices: Iterable[int] | None = None) -> None:
+        """Call the inference API of each device (by index) ``rate_per_device`` times a second."""
+        chosen = list(devices) if devices is not None else list(range(len(self.agents)))
         self._stop.clear()
         self._feeder = threading.Thread(
             target=self._feed_loop, args=(chosen, rate_per_device), daemon=True, name="fleet-feeder"
@@ -124,13 +166,14 @@ class Fleet:
             self._feeder.join(timeout=10)
             self._feeder = None
 
-    def _feed_loop(self, agents: list[Agent], rate: float) -> None:
+    def _feed_loop(self, devices: list[int], rate: float) -> None:
         period = 1.0 / rate if rate > 0 else 1.0
         cache: dict[str, list[dict[str, npt.NDArray[Any]]]] = {}
         tick = 0
         while not self._stop.is_set():
             started = time.monotonic()
-            for agent in agents:
+            for index in devices:
+                agent = self.agents[index]  # re-read: a restart replaces the agent
                 model = agent.inference.active
                 if model is None:
                     continue
@@ -140,10 +183,11 @@ class Fleet:
                 try:
                     agent.infer(cache[key][tick % 8])
                     self.inferences += 1
-                except (AgentError, ValueError, RuntimeError) as exc:
+                except faults.SimulatedCrash:
+                    self.inference_errors += 1
+                    self.restart(index)
+                except Exception as exc:  # noqa: BLE001 - a failing model must not stop the feeder
                     self.inference_errors += 1
                     log.debug("%s: inference failed: %s", agent.config.device_id, exc)
-                except Exception:  # noqa: BLE001 - a model failure must not stop the feeder
-                    self.inference_errors += 1
             tick += 1
             self._stop.wait(max(0.0, period - (time.monotonic() - started)))
