@@ -1,0 +1,190 @@
+"""The rollout engine's rules on a fake clock: waves, rate, gates, time-outs, retries."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from controller.rollout_engine import (
+    COMMITTED,
+    FAILED,
+    NOTIFIED,
+    QUEUED,
+    ROLLED_BACK,
+    TIMED_OUT,
+    AbortCriterion,
+    ExponentialRate,
+    GateMetrics,
+    RolloutPolicy,
+    RolloutState,
+    Waves,
+    WaveStep,
+    assign_waves,
+    plan_tick,
+    wave_sizes,
+)
+
+WAVES = Waves(
+    steps=(WaveStep(percent=5), WaveStep(percent=25), WaveStep(percent=100)),
+    min_devices=2,
+    soak_s=10,
+)
+POLICY = RolloutPolicy(WAVES, in_progress_timeout_s=60)
+IDS = [f"d{i:03d}" for i in range(200)]
+
+
+class Sim:
+    """Applies plans the way the controller does, so tests read like a rollout."""
+
+    def __init__(self, policy: RolloutPolicy, ids: list[str] = IDS) -> None:
+        self.policy = policy
+        self.devices = {d.device_id: d for d in assign_waves("r1", ids, policy)}
+        self.state = RolloutState(status="running")
+        self.audit: list[str] = []
+
+    def tick(self, now: float, metrics: GateMetrics | None = None):  # type: ignore[no-untyped-def]
+        devices = list(self.devices.values())
+        plan = plan_tick(self.policy, self.state, devices, metrics or GateMetrics(), now)
+        self.state = plan.state
+        self.audit += plan.audit
+        for d in plan.notify + plan.retry:
+            dev = self.devices[d]
+            self.devices[d] = replace(
+                dev, state=NOTIFIED, notified_at=now, attempts=dev.attempts + 1
+            )
+        for d in plan.timed_out:
+            self.devices[d] = replace(self.devices[d], state=TIMED_OUT, updated_at=now)
+        return plan
+
+    def finish(
+        self,
+        ids: tuple[str, ...],
+        state: str = COMMITTED,
+        now: float = 0.0,
+        code: str | None = None,
+    ) -> None:
+        for d in ids:
+            self.devices[d] = replace(self.devices[d], state=state, updated_at=now, error_code=code)
+
+    def count(self, state: str) -> int:
+        return sum(1 for d in self.devices.values() if d.state == state)
+
+
+def test_wave_sizes_respect_minimum_and_reach_everyone() -> None:
+    assert wave_sizes(WAVES, 200) == [10, 50, 200]
+    assert wave_sizes(WAVES, 10) == [2, 3, 10]
+    assert wave_sizes(Waves((WaveStep(count=3),)), 10) == [3, 10]
+
+
+def test_waves_advance_only_after_success_and_soak() -> None:
+    sim = Sim(POLICY)
+    first = sim.tick(0).notify
+    assert len(first) == 10 and sim.count(QUEUED) == 190
+    assert sim.tick(1).notify == ()  # nothing more until wave 1 finishes
+    sim.finish(first, now=5)
+    assert sim.tick(6).notify == ()  # soaking
+    second = sim.tick(16.5).notify
+    assert len(second) == 40
+    sim.finish(second, now=20)
+    third = sim.tick(31).notify
+    assert len(third) == 150
+    sim.finish(third, now=40)
+    sim.tick(45)
+    assert sim.state.status == "running"
+    sim.tick(51)
+    assert sim.state.status == "completed" and sim.count(COMMITTED) == 200
+
+
+def test_wave_below_success_threshold_pauses_and_later_waves_never_start() -> None:
+    sim = Sim(RolloutPolicy(replace(WAVES, success_threshold=0.9)))
+    first = sim.tick(0).notify
+    sim.finish(first[:7], now=1)
+    sim.finish(first[7:], ROLLED_BACK, now=1)
+    sim.tick(20)
+    assert sim.state.status == "paused" and "7 of 10" in sim.state.reason
+    assert sim.count(QUEUED) == 190
+    assert sim.tick(100).notify == ()  # paused: nothing moves
+
+
+def test_failure_share_abort_rolls_back_and_cancels() -> None:
+    abort = AbortCriterion("failure_share", threshold=0.2, min_finished=5, action="abort")
+    sim = Sim(RolloutPolicy(WAVES, abort=(abort,)))
+    first = sim.tick(0).notify
+    sim.finish(first[:3], ROLLED_BACK, now=1)
+    sim.finish(first[3:4], COMMITTED, now=1)
+    assert sim.tick(2).roll_back == ()  # only 4 finished: below min_finished
+    sim.finish(first[4:5], COMMITTED, now=2)
+    plan = sim.tick(3)
+    assert sim.state.status == "aborted" and "3 of 5" in sim.state.reason
+    assert set(plan.roll_back) == set(first) and len(plan.cancel) == 190
+
+
+@pytest.mark.parametrize(
+    ("metrics", "criterion", "fires"),
+    [
+        (
+            GateMetrics(latency_ratio=2.1, latency_devices=5),
+            AbortCriterion("latency_ratio", 1.5, 5),
+            True,
+        ),
+        (
+            GateMetrics(latency_ratio=2.1, latency_devices=4),
+            AbortCriterion("latency_ratio", 1.5, 5),
+            False,
+        ),
+        (
+            GateMetrics(latency_ratio=1.2, latency_devices=9),
+            AbortCriterion("latency_ratio", 1.5, 5),
+            False,
+        ),
+        (
+            GateMetrics(error_rate=0.2, error_samples=500),
+            AbortCriterion("error_rate", 0.05, 100),
+            True,
+        ),
+        (
+            GateMetrics(error_rate=0.2, error_samples=50),
+            AbortCriterion("error_rate", 0.05, 100),
+            False,
+        ),
+    ],
+)
+def test_model_health_gates_pause(
+    metrics: GateMetrics, criterion: AbortCriterion, fires: bool
+) -> None:
+    sim = Sim(RolloutPolicy(WAVES, abort=(criterion,)))
+    sim.tick(0)
+    sim.tick(1, metrics)
+    assert (sim.state.status == "paused") is fires
+    if fires:
+        assert "x the previous" in sim.state.reason or "error rate" in sim.state.reason
+
+
+def test_in_progress_timeout_and_download_retry_with_backoff() -> None:
+    policy = RolloutPolicy(WAVES, in_progress_timeout_s=60, max_retries=2, retry_backoff_s=5)
+    sim = Sim(policy, IDS[:2])
+    first = sim.tick(0).notify
+    assert len(first) == 2
+    sim.finish(first[:1], FAILED, now=1, code="download")
+    sim.finish(first[1:], FAILED, now=1, code="signature")
+    assert sim.tick(3).retry == ()  # backoff: 5 s after the first failure
+    assert sim.tick(6).retry == (first[0],)  # a bad signature is never retried
+    assert sim.tick(70).timed_out == (first[0],)  # the retry hung past its time-out
+    assert sim.devices[first[0]].state == TIMED_OUT
+
+
+def test_exponential_rate_grows_and_is_smooth() -> None:
+    rate = ExponentialRate(base_per_minute=60, increment_factor=2, increase_every=10)
+    sim = Sim(RolloutPolicy(rate), IDS[:100])
+    notified_at: list[float] = []
+    t = 0.0
+    while sim.count(QUEUED) and t < 600:
+        n = len(sim.tick(t).notify)
+        notified_at += [t] * n
+        t += 0.5
+    assert sim.count(QUEUED) == 0
+    # 10 at 1/s, 10 at 2/s, ... : first ten take ~10 s, the next ten ~5 s.
+    assert 8 <= notified_at[9] <= 11
+    assert 2.5 <= notified_at[19] - notified_at[9] <= 6
+    assert notified_at[-1] < 40
