@@ -87,6 +87,7 @@ class Agent:
         self.dropped_messages = 0
         self._failed: tuple[int, str] | None = None  # (generation, sha) that failed
         self._seq = 0
+        self._boot_notes: list[str] = []  # what start-up found, reported once connected
         self._inbox: queue.Queue[_Inbound | None] = queue.Queue(maxsize=1000)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -129,12 +130,14 @@ class Agent:
         """
         trial = self.state.trial
         if trial is not None:
+            self._boot_notes.append(f"restarted while on trial (start {trial.boot_attempts + 1})")
             trial = replace(trial, boot_attempts=trial.boot_attempts + 1)
             self.state = self.store.save_trial(self.state, trial)
             verdict = judge_trial(_policy(trial), _counts(trial), time.time())
             if verdict.action == "rollback" and self.state.previous is not None:
                 failed = self._ref(self.state.active)
                 if self._return_to_previous(verdict.code, verdict.reason, failed):
+                    self._boot_notes.append(f"returned to the previous model: {verdict.reason}")
                     return
         for slot in (self.state.active, self.state.previous):
             if slot is None:
@@ -146,13 +149,17 @@ class Agent:
                     "%s: slot %s does not verify or load: %s", self.config.device_id, slot, exc
                 )
                 self.error = ErrorInfo(error_code(exc), f"slot {slot}: {exc}")
+                self._boot_notes.append(f"slot {slot} refused: {exc}")
                 self.state = self.store.forget_slot(self.state, slot)
                 continue
             if slot != self.state.active:
                 self.state = self.store.activate(self.state, slot, prepared.info)
             self.inference.swap(prepared.model)
             self.phase = "trial" if self.state.trial is not None else "idle"
+            info = prepared.info
+            self._boot_notes.append(f"serving {info.name}@{info.version} from slot {slot}")
             return
+        self._boot_notes.append("no verified model installed")
 
     # ------------------------------------------------------------------ worker
 
@@ -190,6 +197,11 @@ class Agent:
 
     def _handle(self, item: _Inbound) -> None:
         if item.kind == "_connected":
+            if self._boot_notes:
+                self._event(
+                    "agent_started", self.active_bundle, message="; ".join(self._boot_notes)
+                )
+                self._boot_notes = []
             self._publish_state()
         elif item.kind == "desired":
             try:

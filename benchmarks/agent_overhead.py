@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.config import AgentConfig  # noqa: E402
 from agent.daemon import Agent  # noqa: E402
 from agent.http_api import InferenceHTTPServer  # noqa: E402
-from agent.slots import SlotInfo, SlotStore  # noqa: E402
 from firmware_bundles.from_model import bundle_from_model_file  # noqa: E402
 from firmware_bundles.keys import init_keys, load_private_key  # noqa: E402
 from simulators.mosquitto import MosquittoBroker  # noqa: E402
+from simulators.provision import provision  # noqa: E402
 
 
 def make_mlp(path: Path, sizes: list[int]) -> None:
@@ -90,18 +90,7 @@ def bench_model(
         now=datetime.now(timezone.utc),
     )
     data_dir = work / f"agent-{label}"
-    store = SlotStore(data_dir)
-    blobs = {}
-    for sha, data in built.blobs.items():
-        (store.downloads / sha).write_bytes(data)
-        blobs[sha] = store.downloads / sha
-    store.install("a", built.envelope, blobs)
-    m = built.manifest
-    store.activate(
-        store.load_state(),
-        "a",
-        SlotInfo(built.manifest_sha256, m.name, m.version, m.release_counter),
-    )
+    provision(data_dir, built)
 
     agent = Agent(
         AgentConfig(

@@ -19,9 +19,16 @@ from tests.mqtt_tools import Watcher, publish
 
 
 def make_bundle(
-    tmp: Path, key: Path, version: str, *, seed: int, counter: int = 1, **kw: Any
+    tmp: Path,
+    key: Path,
+    version: str,
+    *,
+    seed: int,
+    counter: int = 1,
+    hidden: int = 16,
+    **kw: Any,
 ) -> BuiltBundle:
-    model = mlp(tmp / f"model-{version}.onnx", seed=seed)
+    model = mlp(tmp / f"model-{version}.onnx", seed=seed, hidden=hidden)
     return bundle_from_model_file(
         model,
         name="mlp",

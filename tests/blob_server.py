@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,10 +19,17 @@ class BlobServer:
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
         self.cut_after: dict[str, int] = {}
+        self.bytes_per_second: float | None = None  # throttle: a slow link
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away mid-transfer (killed, timed out)
+
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
@@ -49,7 +57,13 @@ class BlobServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self.wfile.write(body)
+                if server.bytes_per_second is None:
+                    self.wfile.write(body)
+                    return
+                chunk = 16 * 1024
+                for start in range(0, len(body), chunk):
+                    self.wfile.write(body[start : start + chunk])
+                    time.sleep(chunk / server.bytes_per_second)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
