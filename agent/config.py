@@ -27,6 +27,9 @@ class AgentConfig:
     threads: int = 1
     http_timeout_s: float = 30.0
     max_request_bytes: int = 16 << 20
+    outbox_max_messages: int = 5000
+    outbox_max_bytes: int = 20 << 20
+    outbox_fsync: bool = True  # simulated fleets turn it off: thousands of "disks" share one
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
@@ -21,6 +23,7 @@ from agent.config import AgentConfig
 from agent.errors import error_code
 from agent.inference import InferenceService
 from agent.mqtt_link import MqttLink
+from agent.outbox import Outbox
 from agent.slots import AgentState, SlotStore, TrialRecord
 from agent.telemetry import TelemetryWindow, WindowSnapshot
 from agent.trial import TrialCounts, TrialPolicy, judge_trial
@@ -37,6 +40,7 @@ from firmware_bundles.keys import load_trusted_keys
 from firmware_bundles.wire import (
     BundleRef,
     Desired,
+    Drift,
     ErrorInfo,
     Event,
     State,
@@ -78,6 +82,14 @@ class Agent:
             downloader=downloader,
         )
         self._phase_hook = phase_hook
+        self.outbox = Outbox(
+            config.data_dir / "outbox",
+            max_messages=config.outbox_max_messages,
+            max_bytes=config.outbox_max_bytes,
+            fsync=config.outbox_fsync,
+        )
+        self._inflight: set[Path] = set()
+        self._inflight_lock = threading.Lock()
         self.inference = InferenceService(TelemetryWindow(time.time()))
         self.state: AgentState = AgentState()
         self.phase = "idle"
@@ -197,12 +209,15 @@ class Agent:
 
     def _handle(self, item: _Inbound) -> None:
         if item.kind == "_connected":
+            with self._inflight_lock:
+                self._inflight.clear()  # the link forgot them: send again
             if self._boot_notes:
                 self._event(
                     "agent_started", self.active_bundle, message="; ".join(self._boot_notes)
                 )
                 self._boot_notes = []
             self._publish_state()
+            self._flush_outbox()
         elif item.kind == "desired":
             try:
                 desired = parse_desired(item.payload)
@@ -379,8 +394,45 @@ class Agent:
             latency_p99_ms=snap.p99_ms,
             bundle=self.active_bundle,
         )
-        self.link.publish("telemetry", telemetry.to_bytes())
+        self.outbox.put("telemetry", telemetry.to_bytes())
+        model = self.inference.active
+        if model is not None and model.drift is not None:
+            drift = Drift(
+                device_id=self.config.device_id,
+                seq=self._seq,
+                window_start=snap.window_start,
+                window_end=snap.window_end,
+                bundle=model.ref,
+                features=model.drift.roll(),
+            )
+            self.outbox.put("drift", drift.to_bytes())
+        self._flush_outbox()
         self._judge_trial(snap)
+
+    def _flush_outbox(self, max_inflight: int = 100) -> None:
+        """Send what the broker has not acknowledged yet, oldest first."""
+        for path in self.outbox.pending():
+            with self._inflight_lock:
+                if path in self._inflight:
+                    continue
+                if len(self._inflight) >= max_inflight:
+                    return
+            try:
+                payload = path.read_bytes()
+            except FileNotFoundError:
+                continue  # acknowledged meanwhile
+            kind = path.suffix.lstrip(".")
+            with self._inflight_lock:
+                self._inflight.add(path)
+            if not self.link.publish_tracked(kind, payload, partial(self._acked, path)):
+                with self._inflight_lock:
+                    self._inflight.discard(path)
+                return  # disconnected: the next connect flushes
+
+    def _acked(self, path: Path) -> None:
+        self.outbox.ack(path)
+        with self._inflight_lock:
+            self._inflight.discard(path)
 
 
 def _policy(trial: TrialRecord) -> TrialPolicy:

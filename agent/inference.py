@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.drift import DriftMonitor
 from agent.errors import InvalidInputError, NoModelError
 from agent.telemetry import TelemetryWindow
 from firmware_bundles.manifest import Manifest, TensorSpec
@@ -27,6 +28,7 @@ class ActiveModel:
     runner: ModelRunner
     manifest: Manifest
     ref: BundleRef
+    drift: DriftMonitor | None = None
 
 
 class InferenceService:
@@ -57,15 +59,19 @@ class InferenceService:
         model = self._active
         if model is None:
             raise NoModelError("no model is active on this device yet")
+        # Bad input is the caller's error, not the model's: it is refused before the
+        # timed section, so it never counts against a model on trial.
+        feeds = _prepare(model, inputs)
         started = time.perf_counter()
         ok = False
         try:
-            feeds = _prepare(model, inputs)
             outputs = model.runner.run(feeds)
             ok = True
-            return outputs
         finally:
             self.window.record((time.perf_counter() - started) * 1000.0, ok)
+        if model.drift is not None:
+            model.drift.record(feeds, outputs)
+        return outputs
 
 
 def _prepare(model: ActiveModel, inputs: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:

@@ -24,6 +24,10 @@ from firmware_bundles.wire import Status, split_topic, topic
 log = logging.getLogger(__name__)
 
 
+def _noop() -> None:
+    pass
+
+
 def parse_broker_url(url: str) -> tuple[str, int]:
     parsed = urlparse(url)
     if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
@@ -47,6 +51,9 @@ class MqttLink:
         self._on_connected = on_connected
         self._keepalive = keepalive
         self.connected = threading.Event()
+        self._acks: dict[int, Callable[[], None]] = {}
+        self._early_acks: set[int] = set()
+        self._acks_lock = threading.Lock()
         # Client id == device id: the broker ACL pattern (%u) ties topics to it.
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=False
@@ -63,6 +70,7 @@ class MqttLink:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_publish = self._handle_publish
 
     def start(self) -> None:
         self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
@@ -94,6 +102,9 @@ class MqttLink:
         if sock is not None:
             sock.close()
         self.connected.clear()
+        with self._acks_lock:
+            self._acks.clear()
+            self._early_acks.clear()
 
         def back() -> None:
             self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
@@ -103,11 +114,43 @@ class MqttLink:
         timer.daemon = True
         timer.start()
 
+    def publish_tracked(self, kind: str, payload: bytes, on_ack: Callable[[], None]) -> bool:
+        """Publish at QoS 1 and call ``on_ack`` (on paho's thread) when the broker acks.
+
+        Returns False without publishing while disconnected: the caller keeps the
+        message and sends it again after the reconnect.
+        """
+        if not self.connected.is_set():
+            return False
+        # Never call into paho while holding our lock: paho holds its own mutex while it
+        # runs on_publish, which takes ours (a lock-order deadlock otherwise).
+        info = self._client.publish(topic(self.device_id, "up", kind), payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self._register(info.mid, on_ack)
+        return True
+
+    def _register(self, mid: int, on_ack: Callable[[], None] | None) -> None:
+        """Attach ``on_ack`` to ``mid``. Every publish registers its mid, so one that
+        paho acknowledged before we got here is the only kind left in _early_acks."""
+        with self._acks_lock:
+            early = mid in self._early_acks
+            if early:
+                self._early_acks.discard(mid)
+            elif on_ack is not None:
+                self._acks[mid] = on_ack
+            else:
+                self._acks[mid] = _noop
+        if early and on_ack is not None:  # the PUBACK beat us to the registration
+            on_ack()
+
     def publish(self, kind: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         result = self._client.publish(
             topic(self.device_id, "up", kind), payload, qos=qos, retain=retain
         )
-        if result.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+        if result.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            self._register(result.mid, None)  # NO_CONN: paho queued it with a mid
+        else:
             log.warning(
                 "%s: publish to %s failed: %s", self.device_id, kind, mqtt.error_string(result.rc)
             )
@@ -126,19 +169,33 @@ class MqttLink:
                 (topic(self.device_id, "down", "cmd"), 1),
             ]
         )
-        client.publish(
+        online = client.publish(
             topic(self.device_id, "up", "status"),
             Status(online=True, ts=time.time()).to_bytes(),
             qos=1,
             retain=True,
         )
+        self._register(online.mid, None)
         self.connected.set()
         self._on_connected()
+
+    def _handle_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        with self._acks_lock:
+            callback = self._acks.pop(mid, None)
+            if callback is None:
+                self._early_acks.add(mid)
+        if callback is not None:
+            callback()
 
     def _handle_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self.connected.clear()
+        with self._acks_lock:
+            self._acks.clear()
+            self._early_acks.clear()  # unacknowledged: the outbox sends them again
         if reason.is_failure:
             log.info("%s: disconnected from broker (%s); reconnecting", self.device_id, reason)
 

@@ -16,12 +16,14 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent.drift import DriftMonitor
 from agent.errors import UpdateError
 from agent.fetch import download_blob, envelope_digest, fetch_small
 from agent.health_check import run_health_check
 from agent.inference import ActiveModel
 from agent.slots import AgentState, SlotInfo, SlotStore
 from firmware_bundles.bundle_dir import VerifiedBundle, verify_bundle_dir
+from firmware_bundles.drift_reference import decode_reference
 from firmware_bundles.dsse import MAX_ENVELOPE_BYTES
 from firmware_bundles.manifest import FileEntry, Manifest
 from firmware_bundles.runtimes import ModelRunner, load_runner
@@ -106,7 +108,11 @@ class Updater:
             runner, manifest, bundle.path_of("golden_inputs"), bundle.path_of("golden_outputs")
         )
         ref = BundleRef(info.manifest_sha256, info.name, info.version)
-        return Prepared(slot, info, ActiveModel(runner, manifest, ref))
+        drift = None
+        if manifest.has_role("drift_reference"):
+            refs, config = decode_reference(bundle.path_of("drift_reference").read_bytes())
+            drift = DriftMonitor(refs, config, runner.inputs, runner.outputs)
+        return Prepared(slot, info, ActiveModel(runner, manifest, ref, drift))
 
     # ------------------------------------------------------------------ new bundles
 

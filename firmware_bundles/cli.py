@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
     build.add_argument("--golden-inputs", type=Path, help=".npz of inputs for the health check")
     build.add_argument("--golden-outputs", type=Path, help=".npz of expected outputs")
     build.add_argument("--compression-report", type=Path, help="JSON report to embed")
+    build.add_argument(
+        "--reference", type=Path, help=".npz of reference inputs: ships drift bins with the bundle"
+    )
     build.set_defaults(func=_bundle_build)
 
     verify = bundle_sub.add_parser("verify", help="verify a bundle directory")
@@ -87,6 +90,7 @@ def _bundle_build(args: argparse.Namespace) -> int:
         golden_outputs=arrays(args.golden_outputs),
         compression=report,
         valid_for=timedelta(days=args.valid_days),
+        drift_reference=arrays(args.reference),
     )
     write_bundle_dir(built, args.output)
     print(f"bundle {built.manifest.name}@{built.manifest.version} -> {args.output}")

@@ -14,6 +14,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_bundles.builder import BuiltBundle, build_bundle
+from firmware_bundles.drift_reference import (
+    ExtractorConfig,
+    FeatureExtractor,
+    build_reference,
+    encode_reference,
+)
 from firmware_bundles.errors import ManifestError
 from firmware_bundles.golden import Arrays, encode_arrays, generate_inputs
 from firmware_bundles.manifest import HealthCheck
@@ -44,6 +50,9 @@ def bundle_from_model_file(
     golden_outputs: Arrays | None = None,
     compression: Mapping[str, Any] | None = None,
     valid_for: timedelta = timedelta(days=365),
+    drift_reference: Arrays | None = None,
+    drift_config: ExtractorConfig | None = None,
+    trial: Mapping[str, Any] | None = None,
 ) -> BuiltBundle:
     """Build a signed bundle for ``model_path``.
 
@@ -55,6 +64,13 @@ def bundle_from_model_file(
     runner = load_runner(runtime, model_path)
     feeds = golden_inputs or generate_inputs(runner.inputs, batch=golden_batch)
     outputs = golden_outputs if golden_outputs is not None else runner.run(feeds)
+    extra: dict[str, tuple[str, bytes]] = {}
+    if drift_reference is not None:
+        # Reference = the model's inputs *and* its outputs on them (prediction drift).
+        config = drift_config or ExtractorConfig()
+        extractor = FeatureExtractor(runner.inputs, runner.outputs, config)
+        refs = build_reference(extractor, drift_reference, runner.run(drift_reference))
+        extra["drift_reference.json"] = ("drift_reference", encode_reference(refs, config))
     return build_bundle(
         name=name,
         version=version,
@@ -71,4 +87,6 @@ def bundle_from_model_file(
         health_check=health_check,
         compression=compression,
         valid_for=valid_for,
+        extra_files=extra,
+        trial=trial,
     )

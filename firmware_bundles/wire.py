@@ -282,6 +282,7 @@ def parse_telemetry(payload: bytes) -> Telemetry:
     end = float(_get(data, "window_end", (int, float), "telemetry"))
     if end < start:
         raise WireError(f"telemetry window ends ({end}) before it starts ({start})")
+
     def latency(key: str) -> float | None:
         value = _opt(data, key, (int, float), "telemetry")
         return None if value is None else float(value)
@@ -298,6 +299,64 @@ def parse_telemetry(payload: bytes) -> Telemetry:
         latency_p95_ms=latency("latency_p95_ms"),
         latency_p99_ms=latency("latency_p99_ms"),
         bundle=None if bundle is None else BundleRef.parse(bundle, "telemetry.bundle"),
+    )
+
+
+_DRIFT_KEYS = ("counts", "missing", "n", "min", "max", "sum", "sumsq")
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One window of drift counts: feature name -> counts over the reference's buckets
+    plus n, missing, min, max, sum and sum of squares. Adds up across windows/devices."""
+
+    device_id: str
+    seq: int
+    window_start: float
+    window_end: float
+    bundle: BundleRef
+    features: dict[str, dict[str, Any]]
+
+    def to_bytes(self) -> bytes:
+        return _dumps(self)
+
+
+def parse_drift(payload: bytes) -> Drift:
+    data = _load(payload, "drift")
+    features = _get(data, "features", dict, "drift")
+    for name, stats in features.items():
+        what = f"drift.features[{name!r:.40}]"
+        if not isinstance(stats, dict) or set(stats) != set(_DRIFT_KEYS):
+            raise WireError(f"{what} must have exactly the keys {_DRIFT_KEYS}")
+        counts = stats["counts"]
+        if not isinstance(counts, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts
+        ):
+            raise WireError(f"{what}.counts must be a list of non-negative integers")
+        for key in ("missing", "n"):
+            value = stats[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise WireError(f"{what}.{key} must be an integer >= 0")
+        for key in ("min", "max", "sum", "sumsq"):
+            value = stats[key]
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
+                raise WireError(f"{what}.{key} must be a number or null")
+    start = float(_get(data, "window_start", (int, float), "drift"))
+    end = float(_get(data, "window_end", (int, float), "drift"))
+    if end < start:
+        raise WireError(f"drift window ends ({end}) before it starts ({start})")
+    seq = _get(data, "seq", int, "drift")
+    if seq < 0:
+        raise WireError(f"drift.seq must be >= 0, got {seq}")
+    return Drift(
+        device_id=check_device_id(_get(data, "device_id", str, "drift")),
+        seq=seq,
+        window_start=start,
+        window_end=end,
+        bundle=BundleRef.parse(data.get("bundle"), "drift.bundle"),
+        features=features,
     )
 
 

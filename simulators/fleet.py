@@ -69,6 +69,7 @@ class Fleet:
             hardware_class=spec.hardware_class,
             tags=spec.tags + spec.extra_tags.get(index, ()),
             telemetry_interval_s=spec.telemetry_interval_s,
+            outbox_fsync=False,  # thousands of simulated disks share one real one
         )
         profile = spec.faults.get(index)
         if profile is None:
