@@ -1,0 +1,11 @@
+"""All routes under ``/api/v1``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from controller.api.routes import blobs, bundles, deployments, devices, health, models
+
+api_router = APIRouter()
+for module in (health, models, bundles, devices, deployments, blobs):
+    api_router.include_router(module.router)

@@ -1,0 +1,54 @@
+"""``/models``: register models and upload their versions (ONNX or TFLite files)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+
+from controller.api.deps import SessionDep, SettingsDep, StoreDep
+from controller.schemas import ModelCreate, ModelOut, ModelVersionOut
+from controller.services import model_registry
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_model(body: ModelCreate, session: SessionDep) -> ModelOut:
+    return ModelOut.of(model_registry.create_model(session, body.name))
+
+
+@router.get("")
+def list_models(session: SessionDep) -> list[ModelOut]:
+    return [ModelOut.of(m) for m in model_registry.list_models(session)]
+
+
+@router.get("/{name}")
+def get_model(name: str, session: SessionDep) -> ModelOut:
+    return ModelOut.of(model_registry.get_model(session, name))
+
+
+@router.post("/{name}/versions", status_code=status.HTTP_201_CREATED)
+def add_version(
+    name: str,
+    file: Annotated[UploadFile, File(description="the .onnx or .tflite model file")],
+    version: Annotated[str, Form(description="version label, e.g. 1.0.0")],
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> ModelVersionOut:
+    row = model_registry.add_version(
+        session,
+        store,
+        name=name,
+        version=version,
+        filename=file.filename or "",
+        source=file.file,
+        max_bytes=settings.max_upload_bytes,
+    )
+    return ModelVersionOut.of(row)
+
+
+@router.get("/{name}/versions")
+def list_versions(name: str, session: SessionDep) -> list[ModelVersionOut]:
+    return [ModelVersionOut.of(v) for v in model_registry.get_model(session, name).versions]

@@ -1,0 +1,115 @@
+"""The app factory: ``create_app(settings)`` builds one controller; nothing exists before.
+
+The lifespan creates the schema, starts the ingest worker and the MQTT bridge, and
+stops them (bridge first, then ingest drains its queue) on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from controller.api.body_limit import BodyLimitMiddleware
+from controller.api.deps import Runtime
+from controller.api.errors import install_error_handlers
+from controller.api.routes import api_router
+from controller.blobstore import BlobStore
+from controller.db import create_schema, make_engine, make_sessionmaker
+from controller.ingest import IngestWorker
+from controller.release_keys import load_release_keys
+from controller.settings import MiB, Settings
+from firmware_bundles.wire import Desired
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+# Room for multipart boundaries and form fields around a file at the upload limit.
+MULTIPART_OVERHEAD = 1 * MiB
+
+
+class _NoBroker:
+    """The publisher when the app runs without a bridge (``start_bridge=False``)."""
+
+    def publish_desired(self, device_id: str, desired: Desired) -> None:
+        log.warning("no MQTT bridge: desired state for %s was not published", device_id)
+
+
+def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
+    """Build a controller app for ``settings``.
+
+    Raises:
+        SettingsError: the release key or a trusted key is unusable (startup error).
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keys = load_release_keys(settings)
+    store = BlobStore(settings.blob_dir)
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    ingest = IngestWorker(
+        sessions,
+        batch_size=settings.ingest_batch_size,
+        batch_wait_s=settings.ingest_batch_wait_s,
+        queue_max=settings.ingest_queue_max,
+    )
+    bridge = None
+    if start_bridge:
+        from controller.mqtt_bridge import MqttBridge  # paho only when we talk to a broker
+
+        host, port = settings.broker_address
+        bridge = MqttBridge(
+            host,
+            port,
+            client_id=settings.client_id(),
+            deliver=ingest.submit,
+            keepalive_s=settings.mqtt_keepalive_s,
+            session_expiry_s=settings.mqtt_session_expiry_s,
+        )
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        store=store,
+        keys=keys,
+        ingest=ingest,
+        publisher=bridge if bridge is not None else _NoBroker(),
+        broker_connected=(lambda: bridge.connected) if bridge is not None else (lambda: False),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        create_schema(engine)
+        ingest.start()
+        if bridge is not None:
+            bridge.start()
+        log.info(
+            "controller up: database %s, broker %s, blobs served at %s",
+            engine.url.render_as_string(hide_password=True),
+            settings.broker_url if bridge is not None else "(none)",
+            settings.blob_base_url,
+        )
+        try:
+            yield
+        finally:
+            if bridge is not None:
+                bridge.stop()
+            ingest.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="EdgeFleet controller",
+        summary="Sign ML model bundles, deploy them to device fleets, follow every device.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD,
+        reported_limit=settings.max_upload_bytes,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app, max_body_bytes=settings.max_upload_bytes)
+    app.include_router(api_router, prefix=API_PREFIX)
+    return app

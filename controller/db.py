@@ -1,0 +1,91 @@
+"""Engine and session factory: SQLite (WAL, foreign keys) by default, PostgreSQL in production.
+
+Nothing here runs at import time; :func:`connect` is called by the app factory. The
+schema is created with ``create_all`` at startup until migrations arrive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from controller.models import Base
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets API readers run while the ingest thread writes a batch.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine for ``url`` with the per-dialect settings the controller needs."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+        database = parsed.database
+        if not database or database == ":memory:":
+            kwargs["poolclass"] = StaticPool  # one shared in-memory database
+        else:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, **kwargs)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+SCHEMA_LOCK_KEY = 0x0EDF1EE7  # PostgreSQL advisory lock: one replica creates the schema
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables; replicas starting together take turns on PostgreSQL."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        Base.metadata.create_all(conn)
+
+
+def check_database(engine: Engine) -> str:
+    """``"ok"`` or the error text: what the health endpoint reports."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as exc:
+        return f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return "ok"
+
+
+def insert_ignoring_duplicates(session: Session, table: type[Base]) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the session's dialect.
+
+    Replayed MQTT messages (QoS 1 redelivery, retained replays, two replicas) must not
+    be stored twice; the table's unique constraint decides what a duplicate is.
+    """
+    name = session.get_bind().dialect.name
+    core_table = cast(sa.Table, table.__table__)  # Core path: no ORM bulk bookkeeping
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(core_table).on_conflict_do_nothing()
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(core_table).on_conflict_do_nothing()
+    raise NotImplementedError(f"database dialect {name!r} is not supported")

@@ -1,0 +1,1 @@
+"""Service functions: take a Session (and the adapters they need), raise ServiceError."""

@@ -1,0 +1,249 @@
+"""Write one batch of device reports in one transaction.
+
+Called by the ingest worker with up to a few hundred parsed messages. The batch's
+devices are loaded and locked in id order (so replicas queue behind each other instead
+of deadlocking), devices never seen before are created on their first message
+(``INSERT ... ON CONFLICT DO NOTHING``: another replica may be creating the same one),
+changes are made in memory and flushed as grouped UPDATEs, and windows and events go in
+with one multi-row INSERT per table that ignores replays. Deployment rows move as
+:mod:`controller.deployment_progress` says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from controller import deployment_progress as progress
+from controller.db import insert_ignoring_duplicates
+from controller.inbound import Report
+from controller.models import (
+    FAILED,
+    SUCCEEDED,
+    Bundle,
+    Deployment,
+    DeploymentDevice,
+    Device,
+    DeviceEvent,
+    DriftWindow,
+    TelemetryWindow,
+)
+from controller.services.deployments import chunks
+from firmware_bundles.wire import Drift, Event, State, Status, Telemetry
+
+
+@dataclass
+class _Tracked:
+    """A deployment row and the bundle it targets, as the batch moves it."""
+
+    row: DeploymentDevice
+    target_sha256: str
+
+    def view(self) -> progress.Row:
+        return progress.Row(
+            self.row.deployment_id, self.target_sha256, self.row.status, self.row.phase
+        )
+
+    def advance(self, step: progress.Progress | None, when: datetime) -> None:
+        if step is None:
+            return
+        self.row.status = step.status
+        self.row.phase = step.phase
+        if step.status == FAILED:
+            self.row.reason_code = step.reason_code
+            self.row.reason_message = step.reason_message
+        elif step.status == SUCCEEDED:
+            self.row.reason_code = self.row.reason_message = None
+        self.row.updated_at = when
+
+
+def _device_clock(ts: float, received_at: datetime) -> datetime:
+    """A device timestamp as a UTC datetime, never later than when we received it."""
+    try:
+        when = datetime.fromtimestamp(ts, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return received_at
+    return min(when, received_at)
+
+
+def _seen(device: Device, report: Report, ts: float | None = None) -> None:
+    """Mark the device alive; a retained replay only proves it was alive when it sent it."""
+    when = report.received_at
+    if report.retained:
+        if ts is None or ts <= 0:
+            return
+        when = _device_clock(ts, report.received_at)
+    else:
+        device.online = True
+    if device.last_seen is None or when > device.last_seen:
+        device.last_seen = when
+        if report.retained:
+            device.online = True
+
+
+def _apply_status(device: Device, status: Status, report: Report) -> None:
+    if status.online:
+        _seen(device, report, status.ts)
+    else:
+        device.online = False
+
+
+def _apply_state(device: Device, state: State) -> bool:
+    """Copy a state onto the device; False (nothing done) if it is older than what we have."""
+    if device.state_ts is not None and state.ts < device.state_ts:
+        return False
+    device.state_ts = state.ts
+    device.hardware_class = state.hardware_class
+    device.tags = list(state.tags)
+    device.phase = state.phase
+    device.on_trial = state.on_trial
+    device.agent_version = state.agent_version or None
+    device.reported_generation = state.generation
+    active, previous = state.active, state.previous
+    device.active_sha256 = active.manifest_sha256 if active else None
+    device.active_name = active.name if active else None
+    device.active_version = active.version if active else None
+    device.previous_sha256 = previous.manifest_sha256 if previous else None
+    device.previous_name = previous.name if previous else None
+    device.previous_version = previous.version if previous else None
+    device.error_code = state.error.code if state.error else None
+    device.error_message = state.error.message if state.error else None
+    return True
+
+
+def _ensure_devices(session: Session, ids: list[str], now: datetime) -> dict[str, Device]:
+    """Load and lock the devices (id order), creating the ones never seen before."""
+
+    def lock(some: list[str]) -> dict[str, Device]:
+        query = sa.select(Device).where(Device.id.in_(some)).order_by(Device.id)
+        return {d.id: d for d in session.scalars(query.with_for_update())}
+
+    found = lock(ids)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        session.execute(
+            insert_ignoring_duplicates(session, Device),
+            [
+                {"id": i, "tags": [], "online": False, "generation": 0, "created": now}
+                for i in missing
+            ],
+        )
+        found.update(lock(missing))
+    return found
+
+
+def _tracked_rows(
+    session: Session, devices: dict[str, Device], reports: Sequence[Report]
+) -> dict[tuple[str, str], _Tracked]:
+    wanted = {d.deployment_id for d in devices.values() if d.deployment_id}
+    wanted |= {
+        r.message.deployment_id
+        for r in reports
+        if isinstance(r.message, Event) and r.message.deployment_id
+    }
+    if not wanted:
+        return {}
+    query = (
+        sa.select(DeploymentDevice, Bundle.manifest_sha256)
+        .join(Deployment, Deployment.id == DeploymentDevice.deployment_id)
+        .join(Bundle, Bundle.id == Deployment.bundle_id)
+        .where(DeploymentDevice.device_id.in_(list(devices)))
+        .where(DeploymentDevice.deployment_id.in_(sorted(wanted)))
+        .order_by(DeploymentDevice.id)
+        .with_for_update(of=DeploymentDevice)
+    )
+    return {
+        (row.deployment_id, row.device_id): _Tracked(row, sha)
+        for row, sha in session.execute(query)
+    }
+
+
+def apply_reports(session: Session, reports: Sequence[Report], now: datetime) -> None:
+    """Apply ``reports`` (in arrival order) to the database; the caller commits."""
+    if not reports:
+        return
+    ids = sorted({r.device_id for r in reports})
+    devices: dict[str, Device] = {}
+    for part in chunks(ids):
+        devices.update(_ensure_devices(session, list(part), now))
+    tracked = _tracked_rows(session, devices, reports)
+    windows: list[dict[str, Any]] = []
+    drifts: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for report in reports:
+        device = devices[report.device_id]
+        message = report.message
+        if isinstance(message, Status):
+            _apply_status(device, message, report)
+            continue
+        if isinstance(message, State):
+            _seen(device, report, message.ts)
+            entry = tracked.get((device.deployment_id or "", device.id))
+            if _apply_state(device, message) and entry is not None:
+                entry.advance(progress.progress_from_state(entry.view(), message), now)
+        elif isinstance(message, Event):
+            _seen(device, report, message.ts)
+            events.append(_event_row(message, report.received_at))
+            entry = tracked.get((message.deployment_id or "", device.id))
+            if entry is not None:
+                entry.advance(progress.progress_from_event(entry.view(), message), now)
+        elif isinstance(message, Telemetry):
+            _seen(device, report, message.window_end)
+            windows.append(_telemetry_row(message, report.received_at))
+        elif isinstance(message, Drift):
+            _seen(device, report, message.window_end)
+            drifts.append(_drift_row(message, report.received_at))
+    session.flush()
+    for table, rows in (
+        (TelemetryWindow, windows),
+        (DriftWindow, drifts),
+        (DeviceEvent, events),
+    ):
+        if rows:
+            session.execute(insert_ignoring_duplicates(session, table), rows)
+
+
+def _telemetry_row(t: Telemetry, received_at: datetime) -> dict[str, Any]:
+    return {
+        "device_id": t.device_id,
+        "seq": t.seq,
+        "window_start": t.window_start,
+        "window_end": t.window_end,
+        "inference_count": t.inference_count,
+        "error_count": t.error_count,
+        "latency_p50_ms": t.latency_p50_ms,
+        "latency_p95_ms": t.latency_p95_ms,
+        "latency_p99_ms": t.latency_p99_ms,
+        "bundle_sha256": t.bundle.manifest_sha256 if t.bundle else None,
+        "received_at": received_at,
+    }
+
+
+def _drift_row(d: Drift, received_at: datetime) -> dict[str, Any]:
+    return {
+        "device_id": d.device_id,
+        "seq": d.seq,
+        "window_start": d.window_start,
+        "window_end": d.window_end,
+        "bundle_sha256": d.bundle.manifest_sha256,
+        "features": d.features,
+        "received_at": received_at,
+    }
+
+
+def _event_row(e: Event, received_at: datetime) -> dict[str, Any]:
+    return {
+        "device_id": e.device_id,
+        "ts": e.ts,
+        "type": e.type,
+        "deployment_id": e.deployment_id,
+        "bundle_sha256": e.bundle.manifest_sha256 if e.bundle else None,
+        "code": e.code,
+        "message": e.message,
+        "received_at": received_at,
+    }

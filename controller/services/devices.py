@@ -1,0 +1,80 @@
+"""Devices as the controller last heard from them, with their telemetry and events."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from controller.errors import NotFoundError
+from controller.models import Device, DeviceEvent, TelemetryWindow
+from controller.names import check_device
+
+
+def list_devices(
+    session: Session,
+    *,
+    now: datetime,
+    offline_after_s: float,
+    tag: str | None = None,
+    hardware_class: str | None = None,
+    online: bool | None = None,
+    limit: int,
+    offset: int = 0,
+) -> list[Device]:
+    """Devices matching every filter given, ordered by id."""
+    query = sa.select(Device).order_by(Device.id)
+    if hardware_class is not None:
+        query = query.where(Device.hardware_class == hardware_class)
+    fresh = Device.last_seen >= now - timedelta(seconds=offline_after_s)
+    if online is True:
+        query = query.where(Device.online.is_(True), fresh)
+    elif online is False:
+        query = query.where(sa.or_(Device.online.is_(False), Device.last_seen.is_(None), ~fresh))
+    if tag is None:
+        return list(session.scalars(query.limit(limit).offset(offset)))
+    # Tags are a JSON list: portable filtering happens here, not in dialect-specific SQL.
+    matching = [d for d in session.scalars(query) if tag in (d.tags or [])]
+    return matching[offset : offset + limit]
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    check_device(device_id)
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFoundError(f"no device {device_id!r}")
+    return device
+
+
+def latest_telemetry(session: Session, device_id: str) -> TelemetryWindow | None:
+    return session.scalar(
+        sa.select(TelemetryWindow)
+        .where(TelemetryWindow.device_id == device_id)
+        .order_by(TelemetryWindow.window_end.desc(), TelemetryWindow.id.desc())
+        .limit(1)
+    )
+
+
+def telemetry(session: Session, device_id: str, *, limit: int) -> list[TelemetryWindow]:
+    """The device's newest ``limit`` telemetry windows, oldest first."""
+    get_device(session, device_id)
+    rows = session.scalars(
+        sa.select(TelemetryWindow)
+        .where(TelemetryWindow.device_id == device_id)
+        .order_by(TelemetryWindow.window_end.desc(), TelemetryWindow.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(rows)))
+
+
+def events(session: Session, device_id: str, *, limit: int) -> list[DeviceEvent]:
+    """The device's newest ``limit`` events, oldest first."""
+    get_device(session, device_id)
+    rows = session.scalars(
+        sa.select(DeviceEvent)
+        .where(DeviceEvent.device_id == device_id)
+        .order_by(DeviceEvent.ts.desc(), DeviceEvent.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(rows)))

@@ -1,0 +1,484 @@
+"""Device reports through a real broker into the controller, seen through its REST API.
+
+Devices here are raw paho clients publishing exactly what an agent publishes (the
+``firmware_bundles.wire`` messages), plus everything a broken or hostile device might
+send instead. Runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from controller.server import ControllerServer
+from controller.settings import Settings
+from firmware_bundles.wire import (
+    MAX_PAYLOAD_BYTES,
+    BundleRef,
+    Drift,
+    ErrorInfo,
+    Event,
+    State,
+    Status,
+    Telemetry,
+    parse_desired,
+    topic,
+)
+from simulators.mosquitto import MosquittoBroker
+from tests.models import mlp
+from tests.mqtt_tools import Watcher
+
+pytestmark = [pytest.mark.broker]
+
+OLD = BundleRef("ab" * 32, "classifier", "0.9.0")
+
+
+class FakeDevice:
+    """One MQTT connection publishing as device ``device_id`` (or as anyone, for attacks)."""
+
+    def __init__(self, broker: MosquittoBroker, device_id: str) -> None:
+        self.device_id = device_id
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def send(self, kind: str, payload: bytes, *, retain: bool = False, raw_topic: str = "") -> None:
+        name = raw_topic or topic(self.device_id, "up", kind)
+        self.client.publish(name, payload, qos=1, retain=retain).wait_for_publish(timeout=5)
+
+    def state(self, **fields: Any) -> None:
+        values: dict[str, Any] = {
+            "device_id": self.device_id,
+            "ts": time.time(),
+            "phase": "idle",
+            "hardware_class": "generic",
+            "tags": [],
+            "active": OLD,
+        }
+        values.update(fields)
+        self.send("state", State(**values).to_bytes(), retain=True)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        event = Event(device_id=self.device_id, ts=time.time(), type=kind, **fields)
+        self.send("events", event.to_bytes())
+
+    def telemetry(self, seq: int, start: float, count: int = 10) -> None:
+        window = Telemetry(self.device_id, seq, start, start + 5, count, 1, 1.0, 2.0, 3.0, OLD)
+        self.send("telemetry", window.to_bytes())
+
+    def close(self) -> None:
+        # Clear what we retained so later tests on this broker do not inherit it.
+        self.client.publish(topic(self.device_id, "up", "state"), b"", qos=1, retain=True)
+        self.client.publish(topic(self.device_id, "up", "status"), b"", qos=1, retain=True)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture()
+def controller(
+    mqtt_broker: MosquittoBroker, database_url: str, tmp_path: Path
+) -> Iterator[tuple[ControllerServer, httpx.Client]]:
+    settings = Settings.from_env(
+        {
+            "EDGEFLEET_DATA_DIR": str(tmp_path / "controller"),
+            "EDGEFLEET_DATABASE_URL": database_url,
+            "EDGEFLEET_BROKER_URL": mqtt_broker.url,
+        }
+    )
+    with ControllerServer(settings) as server:
+        assert server.wait_broker_connected(10)
+        with httpx.Client(base_url=server.api_url, timeout=30) as api:
+            yield server, api
+
+
+@pytest.fixture()
+def devices(mqtt_broker: MosquittoBroker) -> Iterator[Callable[[str], FakeDevice]]:
+    made: list[FakeDevice] = []
+    run = uuid.uuid4().hex[:6]
+
+    def make(name: str) -> FakeDevice:
+        device = FakeDevice(mqtt_broker, f"{name}-{run}")
+        made.append(device)
+        return device
+
+    yield make
+    for device in made:
+        device.close()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
+
+
+def _ingest(api: httpx.Client) -> dict[str, Any]:
+    counters: dict[str, Any] = api.get("/health").json()["ingest"]
+    return counters
+
+
+def test_device_reports_show_up_in_the_api(
+    controller: tuple[ControllerServer, httpx.Client],
+    devices: Callable[[str], FakeDevice],
+) -> None:
+    _, api = controller
+    cam = devices("cam")
+    tag = f"lab-{cam.device_id}"
+    cam.send("status", Status(online=True, ts=time.time()).to_bytes(), retain=True)
+    cam.state(hardware_class="rpi4", tags=[tag, "lab"], agent_version="0.1.0")
+    start = time.time() - 20
+    cam.telemetry(1, start, count=10)
+    cam.telemetry(2, start + 5, count=7)
+    cam.telemetry(1, start, count=10)  # a replayed window (QoS 1 redelivery): stored once
+    cam.event("agent_started", message="boot")
+    features = {"x": {"counts": [1, 2], "missing": 0, "n": 3, "min": 0.0, "max": 1.0}}
+    features["x"].update({"sum": 1.5, "sumsq": 1.0})
+    cam.send("drift", Drift(cam.device_id, 2, start + 5, start + 10, OLD, features).to_bytes())
+
+    listed = eventually(lambda: api.get("/devices", params={"tag": tag}).json())
+    assert [d["id"] for d in listed] == [cam.device_id]
+    device = eventually(
+        lambda: (
+            (d := api.get(f"/devices/{cam.device_id}").json())["last_telemetry"]
+            and d["last_telemetry"]["seq"] == 2
+            and d
+        )
+    )
+    assert device["online"] is True
+    assert (device["hardware_class"], device["tags"]) == ("rpi4", [tag, "lab"])
+    assert device["active_bundle"] == {
+        "manifest_sha256": OLD.manifest_sha256,
+        "name": "classifier",
+        "version": "0.9.0",
+    }
+    assert device["agent_version"] == "0.1.0" and device["phase"] == "idle"
+
+    events = eventually(lambda: api.get(f"/devices/{cam.device_id}/events").json())
+    assert [(e["type"], e["message"]) for e in events] == [("agent_started", "boot")]
+    eventually(lambda: _ingest(api)["stored"] >= 7)
+    windows = api.get(f"/devices/{cam.device_id}/telemetry").json()
+    assert [w["seq"] for w in windows] == [1, 2]
+    assert sum(w["inference_count"] for w in windows) == 17
+    assert windows[-1]["latency_p95_ms"] == 2.0
+
+    for params in ({"hardware_class": "rpi4"}, {"online": True}, {"tag": "lab"}):
+        assert cam.device_id in [d["id"] for d in api.get("/devices", params=params).json()]
+    assert cam.device_id not in [
+        d["id"] for d in api.get("/devices", params={"hardware_class": "jetson"}).json()
+    ]
+
+    # The agent's Last Will: the broker tells us the device went away.
+    cam.send("status", Status(online=False, ts=0.0).to_bytes(), retain=True)
+    eventually(lambda: api.get(f"/devices/{cam.device_id}").json()["online"] is False)
+    offline = [d["id"] for d in api.get("/devices", params={"online": False}).json()]
+    assert cam.device_id in offline
+    assert _ingest(api)["dropped"] == 0
+
+
+def _build_bundle(api: httpx.Client, tmp_path: Path) -> dict[str, Any]:
+    model = mlp(tmp_path / "m.onnx")
+    assert api.post("/models", json={"name": "classifier"}).status_code == 201
+    api.post(
+        "/models/classifier/versions",
+        data={"version": "1.0.0"},
+        files={"file": ("m.onnx", model.read_bytes())},
+    ).raise_for_status()
+    response = api.post(
+        "/bundles", json={"model": "classifier", "version": "1.0.0", "bundle_version": "1.0.0"}
+    )
+    response.raise_for_status()
+    bundle: dict[str, Any] = response.json()
+    return bundle
+
+
+def test_a_deployment_follows_what_each_device_reports(
+    controller: tuple[ControllerServer, httpx.Client],
+    devices: Callable[[str], FakeDevice],
+    mqtt_broker: MosquittoBroker,
+    tmp_path: Path,
+) -> None:
+    server, api = controller
+    bundle = _build_bundle(api, tmp_path)
+    target = BundleRef(bundle["manifest_sha256"], bundle["name"], bundle["version"])
+    ok, broken, flaky, late = (devices(n) for n in ("ok", "broken", "flaky", "late"))
+    tag = f"fleet-{ok.device_id}"
+    for device in (ok, broken, flaky):
+        device.state(tags=[tag])
+    eventually(lambda: len(api.get("/devices", params={"tag": tag}).json()) == 3)
+
+    created = api.post(
+        "/deployments",
+        json={
+            "bundle": target.manifest_sha256,
+            "tag": tag,
+            "devices": [late.device_id],
+            "trial": {"min_seconds": 2, "max_error_rate": 0.1},
+        },
+    )
+    assert created.status_code == 201, created.text
+    deployment = created.json()
+    dep_id = deployment["id"]
+    assert deployment["counts"]["pending"] == 4 and deployment["status"] == "in_progress"
+
+    # A device connecting later still gets its desired state: it is retained.
+    watcher = Watcher(mqtt_broker, topic(late.device_id, "down", "desired"))
+    try:
+        assert watcher.wait(lambda msgs: len(msgs) == 1, timeout=10)
+        desired = parse_desired(watcher.messages[0][1])
+    finally:
+        watcher.close()
+    assert (desired.generation, desired.bundle, desired.deployment_id) == (1, target, dep_id)
+    assert desired.blob_base_url == f"{server.api_url}/blobs"
+    assert desired.trial == {"min_seconds": 2.0, "max_error_rate": 0.1}
+    envelope = httpx.get(f"{desired.blob_base_url}/{target.manifest_sha256}")
+    assert envelope.status_code == 200 and len(envelope.content) > 100
+
+    def rows() -> dict[str, dict[str, Any]]:
+        detail = api.get(f"/deployments/{dep_id}").json()
+        return {r["device_id"]: r for r in detail["devices"]}
+
+    ok.state(phase="downloading", deployment_id=dep_id, generation=1, tags=[tag])
+    eventually(lambda: rows()[ok.device_id]["status"] == "in_progress")
+    assert rows()[ok.device_id]["phase"] == "downloading"
+    ok.state(phase="idle", active=target, previous=OLD, deployment_id=dep_id, generation=1)
+
+    broken.event("update_started", deployment_id=dep_id, bundle=target)
+    broken.event(
+        "update_failed",
+        deployment_id=dep_id,
+        bundle=target,
+        code="digest_mismatch",
+        message="file 'model.onnx' has the wrong sha256",
+    )
+    flaky.state(phase="trial", active=target, previous=OLD, on_trial=True, deployment_id=dep_id)
+    eventually(lambda: rows()[flaky.device_id]["phase"] == "trial")
+    assert rows()[flaky.device_id]["status"] == "in_progress"  # the trial may still fail
+    reason = "error rate 0.4 over 0.05"
+    flaky.event(
+        "rolled_back", deployment_id=dep_id, bundle=target, code="error_rate", message=reason
+    )
+    flaky.state(
+        phase="failed", active=OLD, deployment_id=dep_id, error=ErrorInfo("error_rate", reason)
+    )
+
+    eventually(lambda: rows()[flaky.device_id]["status"] == "failed")
+    eventually(lambda: rows()[ok.device_id]["status"] == "succeeded")
+    final = rows()
+    assert final[broken.device_id]["status"] == "failed"
+    assert final[broken.device_id]["reason"] == {
+        "code": "digest_mismatch",
+        "message": "file 'model.onnx' has the wrong sha256",
+    }
+    assert final[flaky.device_id]["reason"]["code"] == "error_rate"
+    assert final[late.device_id]["status"] == "pending"
+    summary = api.get(f"/deployments/{dep_id}").json()
+    assert summary["counts"] == {
+        "pending": 1,
+        "in_progress": 0,
+        "succeeded": 1,
+        "failed": 2,
+        "superseded": 0,
+    }
+    assert summary["status"] == "in_progress"
+    seen = api.get(f"/devices/{ok.device_id}").json()
+    assert seen["active_bundle"]["version"] == "1.0.0"
+    assert seen["previous_bundle"]["version"] == "0.9.0"
+    flaky_seen = api.get(f"/devices/{flaky.device_id}").json()
+    assert flaky_seen["last_error"]["code"] == "error_rate"
+
+    # Retargeting the late device supersedes its open row; the first deployment is done.
+    second = api.post(
+        "/deployments", json={"bundle": str(bundle["id"]), "devices": [late.device_id]}
+    ).json()
+    assert rows()[late.device_id]["status"] == "superseded"
+    first = api.get(f"/deployments/{dep_id}").json()
+    assert first["status"] == "failed" and first["counts"]["failed"] == 2
+    late.state(active=target, deployment_id=second["id"], generation=2)
+    eventually(lambda: api.get(f"/deployments/{second['id']}").json()["status"] == "completed")
+    listed = {d["id"]: d["status"] for d in api.get("/deployments").json()}
+    assert listed == {dep_id: "failed", second["id"]: "completed"}
+    assert api.get(f"/devices/{late.device_id}").json()["generation"] == 2
+
+
+def _bad_messages(device_id: str) -> list[tuple[str, bytes, str]]:
+    """(kind, payload, drop reason) for every way a report can be wrong."""
+    now = time.time()
+    other = "someone-else"
+    valid_state = json.loads(
+        State(device_id, now, "idle", "generic").to_bytes()
+    )  # to corrupt field by field
+    oversized = json.dumps({"schema": 1, "pad": "x" * MAX_PAYLOAD_BYTES}).encode()
+    cases: list[tuple[str, bytes, str]] = []
+    for kind in ("state", "events", "telemetry", "drift", "status"):
+        cases += [
+            (kind, b"\xff\xfe\x00 not json", "bad_payload"),
+            (kind, b"[1, 2, 3]", "bad_payload"),
+            (kind, b'{"schema": 99}', "bad_payload"),
+            (kind, oversized, "oversized"),
+        ]
+    wrong_types = {
+        "state": {**valid_state, "phase": 5},
+        "events": {"schema": 1, "device_id": device_id, "ts": now, "type": 7},
+        "telemetry": {"schema": 1, "device_id": device_id, "seq": "one", "window_start": now},
+        "drift": {"schema": 1, "device_id": device_id, "features": []},
+        "status": {"schema": 1, "online": "yes", "ts": now},
+    }
+    cases += [(k, json.dumps(v).encode(), "bad_payload") for k, v in wrong_types.items()]
+    impostors = {
+        "state": State(other, now, "idle", "generic").to_bytes(),
+        "events": Event(other, now, "agent_started").to_bytes(),
+        "telemetry": Telemetry(other, 1, now, now + 1, 1, 0, None, None, None).to_bytes(),
+        "drift": Drift(other, 1, now, now + 1, OLD, {}).to_bytes(),
+    }
+    cases += [(k, v, "device_id_mismatch") for k, v in impostors.items()]
+    cases.append(("state", State(device_id, now, "idle", "x" * 500).to_bytes(), "bad_payload"))
+    return cases
+
+
+def test_bad_messages_are_dropped_counted_and_ingest_goes_on(
+    controller: tuple[ControllerServer, httpx.Client],
+    devices: Callable[[str], FakeDevice],
+) -> None:
+    _, api = controller
+    rogue = devices("rogue")
+    before = _ingest(api)
+    cases = _bad_messages(rogue.device_id)
+    for kind, payload, _ in cases:
+        rogue.send(kind, payload)
+    weird_topics = [
+        f"edgefleet/v1/dev/{rogue.device_id}/up/bogus",  # unknown kind
+        f"edgefleet/v1/dev/{rogue.device_id}/up/state/extra",  # too deep
+        "edgefleet/v1/dev/Not_A_Device/up/state",  # invalid device id
+    ]
+    for name in weird_topics:
+        rogue.send("", State(rogue.device_id, time.time(), "idle", "g").to_bytes(), raw_topic=name)
+
+    rogue.send("state", b"", retain=True)  # clearing a retained message is not bad data
+    expected = len(cases) + len(weird_topics)
+    after = eventually(
+        lambda: (c := _ingest(api))["dropped"] - before["dropped"] >= expected and c, timeout=20
+    )
+    assert after["dropped"] - before["dropped"] == expected
+    assert after["ignored"] - before["ignored"] == 1
+    reasons = after["dropped_by_reason"]
+    for reason in ("bad_payload", "oversized", "device_id_mismatch", "bad_topic"):
+        assert reasons.get(reason, 0) - before["dropped_by_reason"].get(reason, 0) == sum(
+            1 for *_, r in cases if r == reason
+        ) + (len(weird_topics) if reason == "bad_topic" else 0)
+    # Nothing of it was stored: no impostor device, no rogue device from bad data.
+    assert api.get("/devices/someone-else").status_code == 404
+    assert api.get(f"/devices/{rogue.device_id}").status_code == 404
+
+    # The worker is alive and well: the next valid messages go through.
+    rogue.state(hardware_class="generic", tags=["recovered"])
+    rogue.telemetry(1, time.time() - 5)
+    windows = f"/devices/{rogue.device_id}/telemetry"
+    eventually(lambda: (r := api.get(windows)).status_code == 200 and len(r.json()) == 1)
+    assert api.get(f"/devices/{rogue.device_id}").json()["tags"] == ["recovered"]
+    assert _ingest(api)["dropped"] == after["dropped"]
+
+
+@pytest.mark.postgres
+def test_two_replicas_split_the_ingest_and_agree_on_one_database(
+    mqtt_broker: MosquittoBroker,
+    postgres_url: str,
+    devices: Callable[[str], FakeDevice],
+    tmp_path: Path,
+) -> None:
+    env = {
+        "EDGEFLEET_DATA_DIR": str(tmp_path / "shared"),
+        "EDGEFLEET_DATABASE_URL": postgres_url,
+        "EDGEFLEET_BROKER_URL": mqtt_broker.url,
+    }
+    replicas = [ControllerServer(Settings.from_env(env)).start() for _ in range(2)]
+    apis = [httpx.Client(base_url=r.api_url, timeout=30) for r in replicas]
+    try:
+        assert all(r.wait_broker_connected(10) for r in replicas)
+        bundle = _build_bundle(apis[0], tmp_path)
+        target = BundleRef(bundle["manifest_sha256"], bundle["name"], bundle["version"])
+        fleet = [devices(f"rep{i}") for i in range(4)]
+        for device in fleet:
+            device.state()
+        start = time.time() - 1000
+        for seq in range(1, 51):
+            for device in fleet:
+                device.telemetry(seq, start + seq * 5, count=seq)
+
+        def stored_windows(api: httpx.Client) -> int:
+            return sum(
+                len(api.get(f"/devices/{d.device_id}/telemetry", params={"limit": 100}).json())
+                for d in fleet
+            )
+
+        eventually(lambda: stored_windows(apis[1]) == 200, timeout=30)
+        shares = [_ingest(api)["stored"] for api in apis]
+        assert all(share > 0 for share in shares), shares  # both replicas took a share
+        assert stored_windows(apis[0]) == 200  # each window once, whoever stored it
+
+        # Deployed through one replica, reported through whichever: one truth.
+        ids = [d.device_id for d in fleet]
+        dep = apis[0].post("/deployments", json={"bundle": str(bundle["id"]), "devices": ids})
+        dep_id = dep.json()["id"]
+        for device in fleet:
+            device.state(active=target, deployment_id=dep_id, generation=1)
+
+        def completed_everywhere() -> bool:
+            return all(
+                a.get(f"/deployments/{dep_id}").json()["status"] == "completed" for a in apis
+            )
+
+        eventually(completed_everywhere)
+    finally:
+        for api in apis:
+            api.close()
+        for replica in replicas:
+            replica.stop()
+
+
+def test_the_controller_rides_out_a_broker_restart(
+    fresh_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    settings = Settings.from_env(
+        {"EDGEFLEET_DATA_DIR": str(tmp_path / "c"), "EDGEFLEET_BROKER_URL": fresh_broker.url}
+    )
+    with ControllerServer(settings) as server, httpx.Client(base_url=server.api_url) as api:
+        assert server.wait_broker_connected(10)
+        bundle = _build_bundle(api, tmp_path)
+        fresh_broker.stop()
+        eventually(lambda: api.get("/health").json()["broker_connected"] is False)
+
+        # Deployed while the broker is down: the desired state goes out once it is back.
+        deployed = api.post(
+            "/deployments", json={"bundle": str(bundle["id"]), "devices": ["phoenix"]}
+        )
+        assert deployed.status_code == 201, deployed.text
+        fresh_broker.start()
+        assert server.wait_broker_connected(20)
+        watcher = Watcher(fresh_broker, topic("phoenix", "down", "desired"))
+        try:
+            assert watcher.wait(lambda msgs: len(msgs) == 1, timeout=10)
+            assert parse_desired(watcher.messages[0][1]).deployment_id == deployed.json()["id"]
+        finally:
+            watcher.close()
+
+        device = FakeDevice(fresh_broker, "phoenix")
+        try:
+            device.state(tags=["back"])
+            eventually(lambda: api.get("/devices/phoenix").json()["tags"] == ["back"])
+        finally:
+            device.close()
