@@ -17,6 +17,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	scripts/system-deps.sh test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
