@@ -8,12 +8,12 @@ missing files or half-written outputs.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 
 from compress.errors import ModelLoadError
+from firmware_bundles.bundle_dir import atomic_write
 
 # Protobuf refuses to serialise a single message past 2 GiB; such models need external data.
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -96,17 +96,7 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> Path:
     later step (signing a bundle) would pick up.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(target, data)
     return target
 
 
