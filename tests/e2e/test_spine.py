@@ -9,7 +9,6 @@ the controller shows why.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -127,7 +126,8 @@ def test_ten_devices_receive_a_bundle_and_report_telemetry(stack: Stack) -> None
     windows = stack.ok(stack.api.get(f"/devices/{devices[0]['id']}/telemetry"))
     served = [w for w in windows if w["inference_count"]]
     assert served and served[0]["latency_p50_ms"] > 0
-    assert served[0]["bundle"]["version"] == "1.0.0" if served[0].get("bundle") else True
+    # Telemetry is attributed to the bundle that served it.
+    assert {w["bundle_sha256"] for w in served} == {bundle["manifest_sha256"]}
 
 
 def _sign(stack: Stack, key: Path, version: str, seed: int, **kw: Any) -> BuiltBundle:
@@ -182,4 +182,3 @@ def test_bad_bundles_are_refused_and_the_controller_shows_why(stack: Stack) -> N
         agent = stack.fleet.agents[index]
         assert agent.active_bundle is not None and agent.active_bundle.version == "1.0.0"
         assert agent.infer({"x": np.ones((1, 8), np.float32)})["y"].shape == (1, 4)
-    time.sleep(0.2)
