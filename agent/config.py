@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ class AgentConfig:
     outbox_max_messages: int = 5000
     outbox_max_bytes: int = 20 << 20
     outbox_fsync: bool = True  # simulated fleets turn it off: thousands of "disks" share one
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
@@ -74,7 +73,3 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
         return AgentConfig(**values)
     except TypeError as exc:
         raise AgentError(f"invalid agent settings: {exc}") from exc
-
-
-def with_overrides(config: AgentConfig, **changes: Any) -> AgentConfig:
-    return replace(config, **changes)

@@ -7,7 +7,6 @@ manifest declares are refused as they arrive, so a hostile server cannot fill th
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import urllib.error
@@ -110,7 +109,3 @@ def _stream_into(url: str, part: Path, checker: BlobVerifier, timeout: float) ->
         raise UpdateError(
             "download", f"GET {url} failed after {checker.received} bytes: {exc}"
         ) from exc
-
-
-def envelope_digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -39,6 +39,7 @@ class Outbox:
         existing = self.pending()
         self._next = int(existing[-1].name.split(".")[0]) + 1 if existing else 0
         self._bytes = sum(p.stat().st_size for p in existing)
+        self._count = len(existing)
 
     def pending(self) -> list[Path]:
         """Messages not yet acknowledged, oldest first."""
@@ -55,7 +56,9 @@ class Outbox:
                 tmp.write_bytes(payload)
                 os.replace(tmp, path)
             self._bytes += len(payload)
-            self._enforce_bounds()
+            self._count += 1
+            if self._count > self.max_messages or self._bytes > self.max_bytes:
+                self._enforce_bounds()
         return path
 
     def ack(self, path: Path) -> None:
@@ -64,6 +67,7 @@ class Outbox:
                 size = path.stat().st_size
                 path.unlink()
                 self._bytes -= size
+                self._count -= 1
             except FileNotFoundError:
                 pass
 
@@ -74,6 +78,7 @@ class Outbox:
             try:
                 self._bytes -= oldest.stat().st_size
                 oldest.unlink()
+                self._count -= 1
             except FileNotFoundError:
                 continue
             self.dropped += 1

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.drift import DriftMonitor
 from agent.errors import UpdateError
-from agent.fetch import download_blob, envelope_digest, fetch_small
+from agent.fetch import download_blob, fetch_small
 from agent.health_check import run_health_check
 from agent.inference import ActiveModel
 from agent.slots import AgentState, SlotInfo, SlotStore
@@ -27,7 +27,7 @@ from firmware_bundles.drift_reference import decode_reference
 from firmware_bundles.dsse import MAX_ENVELOPE_BYTES
 from firmware_bundles.manifest import FileEntry, Manifest
 from firmware_bundles.runtimes import ModelRunner, load_runner
-from firmware_bundles.verify import verify_manifest
+from firmware_bundles.verify import sha256_hex, verify_manifest
 from firmware_bundles.wire import BundleRef
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,11 @@ class Updater:
             max_bytes=MAX_ENVELOPE_BYTES,
             timeout=self.http_timeout,
         )
-        if envelope_digest(envelope) != target.manifest_sha256:
+        digest = sha256_hex(envelope)
+        if digest != target.manifest_sha256:
             raise UpdateError(
                 "digest_mismatch",
-                f"manifest envelope has sha256 {envelope_digest(envelope)}, desired state names "
+                f"manifest envelope has sha256 {digest}, desired state names "
                 f"{target.manifest_sha256}",
             )
         manifest = verify_manifest(

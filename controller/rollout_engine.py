@@ -42,7 +42,6 @@ TERMINAL = BAD | {COMMITTED, CANCELED}
 
 # Rollout statuses.
 Status = Literal["created", "running", "paused", "aborted", "completed"]
-ACTIVE_STATUSES = ("running",)
 
 
 @dataclass(frozen=True)
@@ -262,13 +261,6 @@ def plan_tick(
     else:
         plan = _tick_rate(policy, policy.strategy, state, after, now)
     return replace(plan, timed_out=timed_out, retry=retry, audit=plan.audit + tuple(audit))
-
-
-def abort_and_roll_back(
-    state: RolloutState, devices: Sequence[DeviceExec], reason: str
-) -> TickPlan:
-    """Operator action: stop the rollout and send updated devices back."""
-    return _abort(state, devices, reason, ())
 
 
 def _abort(

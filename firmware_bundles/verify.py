@@ -94,10 +94,3 @@ class BlobVerifier:
             raise DigestMismatchError(
                 f"file {self.entry.name!r} has sha256 {digest}, manifest says {self.entry.sha256}"
             )
-
-
-def verify_blob(entry: FileEntry, data: bytes) -> None:
-    """Check a whole blob held in memory."""
-    checker = BlobVerifier(entry)
-    checker.update(data)
-    checker.finish()
