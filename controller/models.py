@@ -181,6 +181,8 @@ class TelemetryWindow(Base):
     latency_p50_ms: Mapped[float | None]
     latency_p95_ms: Mapped[float | None]
     latency_p99_ms: Mapped[float | None]
+    # {"<bucket>": count} (firmware_bundles.latency_histogram): merges exactly.
+    latency_histogram: Mapped[dict[str, Any] | None]
     bundle_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 

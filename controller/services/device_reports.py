@@ -34,6 +34,7 @@ from controller.models import (
     TelemetryWindow,
 )
 from controller.services.deployments import chunks
+from firmware_bundles import latency_histogram
 from firmware_bundles.wire import Drift, Event, State, Status, Telemetry
 
 
@@ -219,6 +220,9 @@ def _telemetry_row(t: Telemetry, received_at: datetime) -> dict[str, Any]:
         "latency_p50_ms": t.latency_p50_ms,
         "latency_p95_ms": t.latency_p95_ms,
         "latency_p99_ms": t.latency_p99_ms,
+        "latency_histogram": None
+        if t.latency_histogram is None
+        else latency_histogram.to_wire(t.latency_histogram),
         "bundle_sha256": t.bundle.manifest_sha256 if t.bundle else None,
         "received_at": received_at,
     }
