@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from controller.api.routes import blobs, bundles, deployments, devices, health, models
+from controller.api.routes import audit, blobs, bundles, devices, health, models, rollouts
 
 api_router = APIRouter()
-for module in (health, models, bundles, devices, deployments, blobs):
+for module in (health, models, bundles, devices, rollouts, audit, blobs):
     api_router.include_router(module.router)
