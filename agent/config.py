@@ -22,6 +22,9 @@ class AgentConfig:
     hardware_class: str = "generic"
     tags: tuple[str, ...] = ()
     telemetry_interval_s: float = 5.0
+    # The retained state is sent again this often even when nothing changed, so a
+    # controller that missed a report (a replica died holding it) still converges.
+    state_heartbeat_s: float = 60.0
     http_host: str = "127.0.0.1"
     http_port: int | None = None  # None: no HTTP endpoint (the simulator's default)
     threads: int = 1
@@ -37,6 +40,8 @@ class AgentConfig:
             raise AgentError("the agent needs at least one trusted key (--trust KEYFILE)")
         if self.telemetry_interval_s <= 0:
             raise AgentError(f"telemetry_interval_s must be > 0, got {self.telemetry_interval_s}")
+        if self.state_heartbeat_s <= 0:
+            raise AgentError(f"state_heartbeat_s must be > 0, got {self.state_heartbeat_s}")
         if self.http_port is not None and not 0 <= self.http_port < 65536:
             raise AgentError(f"http_port must be 0..65535, got {self.http_port}")
 

@@ -100,6 +100,7 @@ class Agent:
         self._failed: tuple[int, str] | None = None  # (generation, sha) that failed
         self._seq = 0
         self._boot_notes: list[str] = []  # what start-up found, reported once connected
+        self._state_sent_at = time.monotonic()
         self._inbox: queue.Queue[_Inbound | None] = queue.Queue(maxsize=1000)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -142,6 +143,8 @@ class Agent:
         """
         trial = self.state.trial
         if trial is not None:
+            # Report against the rollout that asked for this model, as before the restart.
+            self.generation, self.deployment_id = trial.generation, trial.deployment_id
             self._boot_notes.append(f"restarted while on trial (start {trial.boot_attempts + 1})")
             trial = replace(trial, boot_attempts=trial.boot_attempts + 1)
             self.state = self.store.save_trial(self.state, trial)
@@ -199,6 +202,7 @@ class Agent:
                 if time.monotonic() >= next_window:
                     next_window += interval
                     self._publish_window()
+                    self._heartbeat()
             except Exception:  # the loop must survive anything one message does
                 log.exception("%s: error in agent loop", self.config.device_id)
             except BaseException as exc:  # noqa: B036 - a stop-now signal (power loss)
@@ -280,7 +284,13 @@ class Agent:
         # A first model has nothing to roll back to: it commits once healthy.
         trial = None
         if self.state.active is not None:
-            trial = TrialRecord(prepared.slot, time.time(), policy.to_dict(), self.generation)
+            trial = TrialRecord(
+                prepared.slot,
+                time.time(),
+                policy.to_dict(),
+                self.generation,
+                deployment_id=self.deployment_id,
+            )
             self._publish_window()  # the trial counts only the new model's traffic
         self.state = self.store.activate(self.state, prepared.slot, prepared.info, trial)
         self.inference.swap(prepared.model)
@@ -348,7 +358,14 @@ class Agent:
         info = self.state.slot_info(slot)
         return None if info is None else BundleRef(info.manifest_sha256, info.name, info.version)
 
+    def _heartbeat(self) -> None:
+        """Send the state again if it has not gone out for ``state_heartbeat_s``."""
+        quiet = time.monotonic() - self._state_sent_at
+        if quiet >= self.config.state_heartbeat_s and self.link.connected.is_set():
+            self._publish_state()
+
     def _publish_state(self) -> None:
+        self._state_sent_at = time.monotonic()
         state = State(
             device_id=self.config.device_id,
             ts=time.time(),

@@ -49,6 +49,9 @@ class TrialRecord:
     inferences: int = 0
     errors: int = 0
     latency_histogram: dict[int, int] = field(default_factory=dict)
+    # The rollout that asked for this model: a roll back at boot, before any desired
+    # state has arrived, still reports against it.
+    deployment_id: str | None = None
 
     @staticmethod
     def from_dict(raw: dict[str, Any]) -> TrialRecord:

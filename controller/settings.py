@@ -43,7 +43,10 @@ class Settings:
     ingest_batch_size: int = 500
     ingest_batch_wait_s: float = 0.05
     ingest_queue_max: int = 100_000
-    mqtt_client_id: str = ""  # "" -> edgefleet-controller-<random>
+    # "" -> edgefleet-controller-<replica_id>, or -<random> without a replica id. A
+    # replica restarted under the same id resumes its MQTT session and receives the
+    # share of device reports the broker queued for it meanwhile.
+    mqtt_client_id: str = ""
     mqtt_keepalive_s: int = 30
     # How long the broker keeps our session (and queues for it) after a drop.
     mqtt_session_expiry_s: int = 60
@@ -83,7 +86,9 @@ class Settings:
         return parse_broker_url(self.broker_url, "EDGEFLEET_BROKER_URL")
 
     def client_id(self) -> str:
-        return self.mqtt_client_id or f"edgefleet-controller-{uuid.uuid4().hex[:12]}"
+        if self.mqtt_client_id:
+            return self.mqtt_client_id
+        return f"edgefleet-controller-{self.replica_id or uuid.uuid4().hex[:12]}"
 
     def replica_name(self, client_id: str) -> str:
         return self.replica_id or client_id
@@ -134,8 +139,10 @@ class Settings:
         if len(client_id) > 128 or any(c in client_id for c in "/+#"):
             raise SettingsError(f"EDGEFLEET_MQTT_CLIENT_ID={client_id!r} is not a usable id")
         replica_id = get("EDGEFLEET_REPLICA_ID") or ""
-        if len(replica_id) > 100:
-            raise SettingsError(f"EDGEFLEET_REPLICA_ID={replica_id!r} is over 100 characters")
+        if len(replica_id) > 100 or any(c in replica_id for c in "/+#"):
+            raise SettingsError(
+                f"EDGEFLEET_REPLICA_ID={replica_id!r}: use up to 100 characters, no / + or #"
+            )
         return cls(
             data_dir=data_dir,
             env=env,

@@ -37,6 +37,7 @@ class FleetSpec:
     hardware_class: str = "generic"
     tags: tuple[str, ...] = ("sim",)
     telemetry_interval_s: float = 2.0
+    state_heartbeat_s: float = 60.0
     connect_batch: int = 50
     extra_tags: dict[int, tuple[str, ...]] = field(default_factory=dict)
     faults: dict[int, FaultProfile] = field(default_factory=dict)
@@ -69,6 +70,7 @@ class Fleet:
             hardware_class=spec.hardware_class,
             tags=spec.tags + spec.extra_tags.get(index, ()),
             telemetry_interval_s=spec.telemetry_interval_s,
+            state_heartbeat_s=spec.state_heartbeat_s,
             outbox_fsync=False,  # thousands of simulated disks share one real one
         )
         profile = spec.faults.get(index)
@@ -97,6 +99,16 @@ class Fleet:
             self.restarts += 1
         new.start()
         return new
+
+    def set_fault(self, index: int, profile: FaultProfile | None) -> Agent:
+        """Give device ``index`` a fault profile (None: healthy) from now on: the agent
+        restarts gracefully with it, as a device would after a configuration change."""
+        if profile is None:
+            self.spec.faults.pop(index, None)
+        else:
+            self.spec.faults[index] = profile
+            self._power_armed[index] = [True]
+        return self.restart(index, graceful=True)
 
     def _power_loss(self, index: int) -> None:
         # Called on the agent's own worker thread, which is about to die: restart from

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,14 +36,14 @@ def agent_factory(
     """Start agents (connected to the broker); all are stopped at the end of the test."""
     started: list[Agent] = []
 
-    def make(device_id: str = "dev-1", data_dir: Path | None = None) -> Agent:
+    def make(device_id: str = "dev-1", data_dir: Path | None = None, **settings: Any) -> Agent:
         config = AgentConfig(
             device_id=device_id,
             broker_url=mqtt_broker.url,
             controller_url="http://127.0.0.1:9",
             data_dir=data_dir or tmp_path / device_id,
             trust=(keys[1],),
-            telemetry_interval_s=0.5,
+            **{"telemetry_interval_s": 0.5, **settings},
         )
         agent = Agent(config)
         agent.start()

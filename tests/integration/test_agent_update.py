@@ -172,3 +172,38 @@ def test_garbage_on_the_desired_topic_is_dropped(
     v1 = make_bundle(tmp_path, keys[0], "1.0.0", seed=1)
     deploy(mqtt_broker, blobs, "dev-f", v1, 1)
     assert wait_until(lambda: agent.active_bundle is not None)
+
+
+def test_state_is_sent_again_on_a_heartbeat_so_a_lost_report_heals(
+    mqtt_broker, agent_factory
+) -> None:  # type: ignore[no-untyped-def]
+    watcher = Watcher(mqtt_broker, topic("dev-h", "up", "state"))
+    try:
+        agent_factory("dev-h", state_heartbeat_s=1.0)
+        assert watcher.wait(lambda msgs: len(msgs) >= 1, timeout=10)
+        first = len(watcher.messages)
+        # Nothing changes on the device, yet its state goes out again every second.
+        assert watcher.wait(lambda msgs: len(msgs) >= first + 2, timeout=10)
+        assert last_state(watcher, "dev-h") is not None
+    finally:
+        watcher.close()
+
+
+def test_controller_roll_back_to_the_previous_bundle_needs_no_download(
+    mqtt_broker, blobs, agent_factory, keys, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    agent = agent_factory("dev-r")
+    v1 = make_bundle(tmp_path, keys[0], "1.0.0", seed=1)
+    v2 = make_bundle(tmp_path, keys[0], "2.0.0", seed=2, counter=2)
+    deploy(mqtt_broker, blobs, "dev-r", v1, 1)
+    assert wait_until(lambda: agent.active_bundle is not None)
+    deploy(mqtt_broker, blobs, "dev-r", v2, 2, trial={"min_seconds": 0, "min_inferences": 0})
+    assert wait_until(lambda: agent.active_bundle.version == "2.0.0" and agent.state.trial is None)  # type: ignore[union-attr]
+    assert agent.state.max_release_counter == 2
+    requests = len(blobs.requests)
+    # The controller rolls the fleet back: desired is the previous bundle, a new generation.
+    deploy(mqtt_broker, blobs, "dev-r", v1, 3, trial={"min_seconds": 0, "min_inferences": 0})
+    assert wait_until(lambda: agent.active_bundle.version == "1.0.0" and agent.state.trial is None)  # type: ignore[union-attr]
+    assert len(blobs.requests) == requests  # from its other slot, not the network
+    x = generate_inputs(agent.inference.active.runner.inputs, seed=0)  # type: ignore[union-attr]
+    assert agent.infer(x)["y"].shape[0] == x["x"].shape[0]
