@@ -115,6 +115,10 @@ class FileOut(BaseModel):
     role: str
     sha256: str
     size: int
+    # Set for a blob stored zstd-compressed: what the device installs after decoding.
+    encoding: str | None = None
+    decoded_sha256: str | None = None
+    decoded_size: int | None = None
 
 
 class BundleOut(BaseModel):

@@ -39,6 +39,12 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--reference", type=Path, help=".npz of reference inputs: ships drift bins with the bundle"
     )
+    build.add_argument(
+        "--blob-encoding",
+        choices=["zstd", "none"],
+        default="zstd",
+        help="store files zstd-compressed where it shrinks the download (default zstd)",
+    )
     build.set_defaults(func=_bundle_build)
 
     verify = bundle_sub.add_parser("verify", help="verify a bundle directory")
@@ -91,6 +97,7 @@ def _bundle_build(args: argparse.Namespace) -> int:
         compression=report,
         valid_for=timedelta(days=args.valid_days),
         drift_reference=arrays(args.reference),
+        blob_encoding=None if args.blob_encoding == "none" else args.blob_encoding,
     )
     write_bundle_dir(built, args.output)
     print(f"bundle {built.manifest.name}@{built.manifest.version} -> {args.output}")
@@ -109,5 +116,9 @@ def _bundle_verify(args: argparse.Namespace) -> int:
     print(f"OK {m.name}@{m.version} release_counter={m.release_counter} runtime={m.runtime}")
     print(f"   expires {m.expires.isoformat()} hardware {','.join(m.hardware_classes)}")
     for entry in m.files:
-        print(f"   {entry.role:15s} {entry.name:22s} {entry.size:>10d}  {entry.sha256[:16]}")
+        stored = f" (zstd {entry.size:d} B stored)" if entry.encoded else ""
+        print(
+            f"   {entry.role:15s} {entry.name:22s} {entry.content_size:>10d}  "
+            f"{entry.content_sha256[:16]}{stored}"
+        )
     return 0
