@@ -17,6 +17,7 @@ from controller.api.deps import Runtime
 from controller.api.errors import install_error_handlers
 from controller.api.routes import api_router
 from controller.blobstore import BlobStore
+from controller.compression_worker import CompressionWorker, WorkerLimits
 from controller.db import create_schema, make_engine, make_sessionmaker
 from controller.ingest import IngestWorker
 from controller.release_keys import load_release_keys
@@ -67,6 +68,19 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
             keepalive_s=settings.mqtt_keepalive_s,
             session_expiry_s=settings.mqtt_session_expiry_s,
         )
+    compression = CompressionWorker(
+        sessions,
+        store,
+        settings.data_dir / "compression-work",
+        WorkerLimits(
+            workers=settings.compression_workers,
+            lease_s=settings.compression_lease_s,
+            poll_s=settings.compression_poll_s,
+            max_attempts=settings.compression_max_attempts,
+            timeout_s=settings.compression_timeout_s,
+            max_output_bytes=settings.max_upload_bytes,
+        ),
+    )
     runtime = Runtime(
         settings=settings,
         engine=engine,
@@ -82,6 +96,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         create_schema(engine)
         ingest.start()
+        compression.start()
         if bridge is not None:
             bridge.start()
         log.info(
@@ -95,6 +110,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         finally:
             if bridge is not None:
                 bridge.stop()
+            compression.stop()
             ingest.stop()
             engine.dispose()
 
@@ -110,6 +126,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         reported_limit=settings.max_upload_bytes,
     )
     app.state.runtime = runtime
+    app.state.compression_worker = compression
     install_error_handlers(app, max_body_bytes=settings.max_upload_bytes)
     app.include_router(api_router, prefix=API_PREFIX)
     return app

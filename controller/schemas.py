@@ -153,10 +153,16 @@ class BundleOut(BaseModel):
 
 class BundleDetail(BundleOut):
     manifest: dict[str, Any]
+    # The manifest's compression report (chosen recipe and candidate table), if any.
+    compression: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, row: m.Bundle) -> BundleDetail:
-        return cls(**BundleOut.of(row).model_dump(), manifest=row.manifest)
+        return cls(
+            **BundleOut.of(row).model_dump(),
+            manifest=row.manifest,
+            compression=row.manifest.get("compression"),
+        )
 
 
 class BundleRefOut(BaseModel):

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from controller.api.routes import blobs, bundles, deployments, devices, health, models
+from controller.api.routes import (
+    blobs,
+    bundles,
+    compression_jobs,
+    deployments,
+    devices,
+    health,
+    models,
+)
 
 api_router = APIRouter()
-for module in (health, models, bundles, devices, deployments, blobs):
+for module in (health, models, bundles, devices, deployments, blobs, compression_jobs):
     api_router.include_router(module.router)
