@@ -121,8 +121,9 @@ def main() -> int:
             print(f"  {name}: done", file=sys.stderr, flush=True)
 
     print(
-        "\nbytes a device downloads for one bundle (model + golden files + drift-free "
-        "envelope), plain vs zstd-encoded blobs; ratios against the original's plain bundle"
+        "\nbytes a device downloads for one bundle (envelope, model, golden inputs and "
+        "outputs),\nplain vs zstd-encoded blobs; ratios against the original's plain bundle; "
+        "decode/sha256:\ntime to decode the model blob against time to hash the decoded bytes"
     )
     print(
         f"{'recipe':26s} {'model B':>10s} {'plain B':>10s} {'zstd B':>10s} "
