@@ -394,6 +394,7 @@ class Agent:
             latency_p95_ms=snap.p95_ms,
             latency_p99_ms=snap.p99_ms,
             bundle=self.active_bundle,
+            latency_histogram=snap.histogram,
         )
         self.outbox.put("telemetry", telemetry.to_bytes())
         model = self.inference.active

@@ -1,46 +1,17 @@
 """Telemetry windows: inference and error counts plus a latency histogram.
 
 Pure and cheap on the hot path: recording one inference is a lock, two adds and one
-``log`` call. Latencies go into log-spaced buckets (4% wide), so percentiles are within
-about 2% of the exact value and windows from any devices merge by adding counts.
+``log`` call. The histogram's buckets (:mod:`firmware_bundles.latency_histogram`) are
+shared with the controller, which merges windows from any devices by adding counts.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import Counter
 from dataclasses import dataclass
 
-_BASE_MS = 0.001
-_GROWTH = math.log(1.04)
-
-
-def bucket_of(latency_ms: float) -> int:
-    if latency_ms <= _BASE_MS:
-        return 0
-    return int(math.log(latency_ms / _BASE_MS) / _GROWTH) + 1
-
-
-def bucket_value(index: int) -> float:
-    """Representative latency of a bucket: the geometric middle of its edges."""
-    if index == 0:
-        return _BASE_MS
-    return float(_BASE_MS * math.exp((index - 0.5) * _GROWTH))
-
-
-def percentile(histogram: Counter[int], q: float) -> float | None:
-    """The ``q``-quantile (0..1) of the latencies counted in ``histogram``."""
-    total = sum(histogram.values())
-    if total == 0:
-        return None
-    rank = max(1, math.ceil(q * total))
-    seen = 0
-    for index in sorted(histogram):
-        seen += histogram[index]
-        if seen >= rank:
-            return bucket_value(index)
-    return bucket_value(max(histogram))
+from firmware_bundles.latency_histogram import bucket_of, percentile
 
 
 @dataclass(frozen=True)

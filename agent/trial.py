@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from agent.telemetry import percentile
 from firmware_bundles.errors import WireError
+from firmware_bundles.latency_histogram import percentile
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """The app factory: ``create_app(settings)`` builds one controller; nothing exists before.
 
-The lifespan creates the schema, starts the ingest worker and the MQTT bridge, and
-stops them (bridge first, then ingest drains its queue) on shutdown.
+The lifespan creates the schema, starts the ingest worker, the MQTT bridge and the
+rollout worker, and stops them on shutdown (rollouts first, then the bridge, then
+ingest drains its queue).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -21,6 +22,8 @@ from controller.compression_worker import CompressionWorker, WorkerLimits
 from controller.db import create_schema, make_engine, make_sessionmaker
 from controller.ingest import IngestWorker
 from controller.release_keys import load_release_keys
+from controller.rollout_worker import RolloutWorker, WorkerSettings
+from controller.services.rollout_gates import GateSettings
 from controller.settings import MiB, Settings
 from firmware_bundles.wire import Desired
 
@@ -34,7 +37,9 @@ MULTIPART_OVERHEAD = 1 * MiB
 class _NoBroker:
     """The publisher when the app runs without a bridge (``start_bridge=False``)."""
 
-    def publish_desired(self, device_id: str, desired: Desired) -> None:
+    def publish_desired(
+        self, device_id: str, desired: Desired, on_ack: Callable[[], None] | None = None
+    ) -> None:
         log.warning("no MQTT bridge: desired state for %s was not published", device_id)
 
 
@@ -55,6 +60,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         batch_wait_s=settings.ingest_batch_wait_s,
         queue_max=settings.ingest_queue_max,
     )
+    client_id = settings.client_id()
     bridge = None
     if start_bridge:
         from controller.mqtt_bridge import MqttBridge  # paho only when we talk to a broker
@@ -63,7 +69,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         bridge = MqttBridge(
             host,
             port,
-            client_id=settings.client_id(),
+            client_id=client_id,
             deliver=ingest.submit,
             keepalive_s=settings.mqtt_keepalive_s,
             session_expiry_s=settings.mqtt_session_expiry_s,
@@ -81,6 +87,19 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
             max_output_bytes=settings.max_upload_bytes,
         ),
     )
+    rollouts = RolloutWorker(
+        sessions,
+        bridge if bridge is not None else _NoBroker(),
+        WorkerSettings(
+            replica_id=settings.replica_name(client_id),
+            blob_base_url=settings.blob_base_url,
+            tick_s=settings.rollout_tick_s,
+            lease_s=settings.rollout_lease_s,
+            gate_interval_s=settings.rollout_gate_interval_s,
+            republish_after_s=settings.rollout_republish_after_s,
+            gates=GateSettings(latency_lookback_s=settings.rollout_latency_lookback_s),
+        ),
+    )
     runtime = Runtime(
         settings=settings,
         engine=engine,
@@ -88,7 +107,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         store=store,
         keys=keys,
         ingest=ingest,
-        publisher=bridge if bridge is not None else _NoBroker(),
+        rollouts=rollouts,
         broker_connected=(lambda: bridge.connected) if bridge is not None else (lambda: False),
     )
 
@@ -99,6 +118,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         compression.start()
         if bridge is not None:
             bridge.start()
+        rollouts.start()
         log.info(
             "controller up: database %s, broker %s, blobs served at %s",
             engine.url.render_as_string(hide_password=True),
@@ -108,6 +128,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            rollouts.stop()
             if bridge is not None:
                 bridge.stop()
             compression.stop()

@@ -6,8 +6,9 @@ schema is created with ``create_all`` at startup until migrations arrive.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -19,6 +20,14 @@ from controller import compression_job_model as _compression_job_model  # noqa: 
 from controller.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+IN_CHUNK = 1000  # ids per IN (...) list: well under SQLite's bound-parameter limit
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:

@@ -14,16 +14,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-# Per-device rollout status.
-PENDING = "pending"
-IN_PROGRESS = "in_progress"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-# The device was retargeted by a newer deployment before this one finished.
-SUPERSEDED = "superseded"
-DEVICE_STATUSES = (PENDING, IN_PROGRESS, SUCCEEDED, FAILED, SUPERSEDED)
-OPEN_STATUSES = (PENDING, IN_PROGRESS)
-
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite rowid autoincrement
 
 
@@ -130,37 +120,96 @@ class Device(Base):
     # Generation of the desired state we published; the device echoes what it follows.
     generation: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     reported_generation: Mapped[int | None] = mapped_column(sa.BigInteger)
-    deployment_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    # The rollout that last set this device's desired state.
+    rollout_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Deployment(Base):
-    __tablename__ = "deployments"
+class Rollout(Base):
+    """A bundle rolled out to a target in waves or at a rate, with health gates.
+
+    The engine's state (:class:`controller.rollout_engine.RolloutState`) is persisted in
+    the columns from ``status`` to ``acknowledged``; ``lease_owner``/``lease_until`` say
+    which controller replica advances it (see :mod:`controller.rollout_worker`).
+    """
+
+    __tablename__ = "rollouts"
+    __table_args__ = (sa.Index("ix_rollouts_status_lease", "status", "lease_until"),)
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128), default="")
     bundle_id: Mapped[int] = mapped_column(sa.ForeignKey("bundles.id"), index=True)
     # What the operator asked for: {"devices": [...], "tag": ..., "hardware_class": ...}.
     target: Mapped[dict[str, Any]]
+    # The engine's RolloutPolicy as JSON (controller.rollout_policy codec).
+    policy: Mapped[dict[str, Any]]
     trial: Mapped[dict[str, Any] | None]
+    status: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    wave: Mapped[int] = mapped_column(default=-1)
+    wave_started_at: Mapped[float | None]
+    started_at: Mapped[float | None]
+    rate_tokens: Mapped[float] = mapped_column(default=0.0)
+    rate_updated_at: Mapped[float | None]
+    # Gate kind -> sample count when an operator resumed past it.
+    acknowledged: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Latest gate figures, for `rollout status` (written by the tick).
+    gates: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    gates_at: Mapped[float | None]
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(128))
+    lease_until: Mapped[float | None]
+    created_by: Mapped[str] = mapped_column(sa.String(128), default="")
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     bundle: Mapped[Bundle] = relationship()
 
 
-class DeploymentDevice(Base):
-    __tablename__ = "deployment_devices"
+class RolloutDevice(Base):
+    """One device's execution of one rollout (states: controller.rollout_engine)."""
+
+    __tablename__ = "rollout_devices"
     __table_args__ = (
-        sa.UniqueConstraint("deployment_id", "device_id"),
-        sa.Index("ix_deployment_devices_device_status", "device_id", "status"),
+        sa.UniqueConstraint("rollout_id", "device_id"),
+        sa.Index("ix_rollout_devices_rollout_state", "rollout_id", "state"),
+        sa.Index("ix_rollout_devices_device", "device_id"),
+        sa.Index("ix_rollout_devices_unpublished", "published_at", "desired_sha256"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    deployment_id: Mapped[str] = mapped_column(sa.ForeignKey("deployments.id"))
+    rollout_id: Mapped[str] = mapped_column(sa.ForeignKey("rollouts.id"))
     device_id: Mapped[str] = mapped_column(sa.ForeignKey("devices.id"))
-    status: Mapped[str] = mapped_column(sa.String(16), default=PENDING)
-    phase: Mapped[str | None] = mapped_column(sa.String(32))
+    wave: Mapped[int]
+    state: Mapped[str] = mapped_column(sa.String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
     reason_code: Mapped[str | None] = mapped_column(sa.String(64))
     reason_message: Mapped[str | None] = mapped_column(sa.Text)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # What the device ran when it was notified: where a roll back sends it.
+    previous_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    previous_name: Mapped[str | None] = mapped_column(sa.String(128))
+    previous_version: Mapped[str | None] = mapped_column(sa.String(128))
+    # What the controller last told the device to run (the target, or on a roll back
+    # its previous bundle), and when the broker acknowledged that desired state: None
+    # while it is still to be (re)published (a transactional outbox).
+    desired_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    published_at: Mapped[float | None]
+    # Epoch seconds (the engine's clock).
+    notified_at: Mapped[float | None]
+    finished_at: Mapped[float | None]
+    updated_at: Mapped[float]
+
+
+class AuditEntry(Base):
+    """Who did what to which rollout, and when (operators and the engine alike)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_rollout", "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(sa.String(128))
+    action: Mapped[str] = mapped_column(sa.String(32))
+    rollout_id: Mapped[str | None] = mapped_column(sa.String(32))
+    detail: Mapped[str] = mapped_column(sa.Text, default="")
 
 
 class TelemetryWindow(Base):
@@ -181,6 +230,8 @@ class TelemetryWindow(Base):
     latency_p50_ms: Mapped[float | None]
     latency_p95_ms: Mapped[float | None]
     latency_p99_ms: Mapped[float | None]
+    # {"<bucket>": count} (firmware_bundles.latency_histogram): merges exactly.
+    latency_histogram: Mapped[dict[str, Any] | None]
     bundle_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -213,7 +264,8 @@ class DeviceEvent(Base):
     device_id: Mapped[str] = mapped_column(sa.ForeignKey("devices.id"))
     ts: Mapped[float]
     type: Mapped[str] = mapped_column(sa.String(32))
-    deployment_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # The rollout the device was following (the wire's ``deployment_id``).
+    rollout_id: Mapped[str | None] = mapped_column(sa.String(64))
     bundle_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     code: Mapped[str | None] = mapped_column(sa.String(64))
     message: Mapped[str] = mapped_column(sa.Text, default="")

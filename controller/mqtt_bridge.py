@@ -39,6 +39,10 @@ CATCH_UP_TOPICS = (f"{PREFIX}/+/up/state", f"{PREFIX}/+/up/status")
 Deliver = Callable[[str, bytes, bool], None]
 
 
+def _noop() -> None:
+    pass
+
+
 def _properties(packet: int, **values: Any) -> Properties:
     props = Properties(packet)  # type: ignore[no-untyped-call]
     for name, value in values.items():
@@ -75,6 +79,11 @@ class MqttBridge:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_message = self._handle_message
+        self._client.on_publish = self._handle_publish
+        # mid -> callback for desired states whose broker acknowledgement someone awaits.
+        self._acks: dict[int, Callable[[], None]] = {}
+        self._early_acks: set[int] = set()
+        self._acks_lock = threading.Lock()
 
     @property
     def connected(self) -> bool:
@@ -107,8 +116,14 @@ class MqttBridge:
         self._client.loop_stop()
         self._connected.clear()
 
-    def publish_desired(self, device_id: str, desired: Desired) -> None:
-        """Publish ``desired`` retained at QoS 1; queued by paho while disconnected."""
+    def publish_desired(
+        self, device_id: str, desired: Desired, on_ack: Callable[[], None] | None = None
+    ) -> None:
+        """Publish ``desired`` retained at QoS 1; queued by paho while disconnected.
+
+        ``on_ack`` runs (on paho's thread) once the broker has acknowledged it; if the
+        connection drops first it never runs, and the caller publishes again later.
+        """
         info = self._client.publish(
             topic(device_id, "down", "desired"), desired.to_bytes(), qos=1, retain=True
         )
@@ -116,6 +131,18 @@ class MqttBridge:
             log.warning(
                 "%s: publishing desired state failed: %s", device_id, mqtt.error_string(info.rc)
             )
+            return
+        # Every publish registers its mid, so only a PUBACK that beat the registration
+        # is ever left in _early_acks.
+        callback = on_ack or _noop
+        with self._acks_lock:
+            early = info.mid in self._early_acks
+            if early:
+                self._early_acks.discard(info.mid)
+            else:
+                self._acks[info.mid] = callback
+        if early:
+            callback()
 
     # paho callbacks (paho's network thread) ---------------------------------------
 
@@ -146,11 +173,29 @@ class MqttBridge:
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         log.warning("cannot reach the broker at %s:%d; retrying", self.host, self.port)
 
+    def _handle_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        with self._acks_lock:
+            callback = self._acks.pop(mid, None)
+            if callback is None:
+                self._early_acks.add(mid)
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # never let an error escape into paho's loop
+                log.exception("acknowledgement callback for message %d failed", mid)
+
     def _handle_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        with self._acks_lock:
+            # Unacknowledged: their owners publish again after a while. Forgetting them
+            # keeps these maps bounded across any number of reconnects.
+            self._acks.clear()
+            self._early_acks.clear()
         if was_connected and reason.is_failure:
             log.warning("lost the broker connection (%s); reconnecting", reason)
 

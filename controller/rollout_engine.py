@@ -15,9 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
+
+from controller.rollout_policy import (
+    AbortCriterion,
+    ExponentialRate,
+    RolloutPolicy,
+    Waves,
+)
 
 # Per-device execution states.
 QUEUED = "queued"
@@ -41,59 +48,7 @@ BAD = frozenset({FAILED, ROLLED_BACK, TIMED_OUT})
 TERMINAL = BAD | {COMMITTED, CANCELED}
 
 # Rollout statuses.
-Status = Literal["created", "running", "paused", "aborted", "completed"]
-
-
-@dataclass(frozen=True)
-class WaveStep:
-    """One wave: a cumulative share of the target (``percent``) or device ``count``."""
-
-    percent: float | None = None
-    count: int | None = None
-
-
-@dataclass(frozen=True)
-class Waves:
-    steps: tuple[WaveStep, ...]
-    min_devices: int = 1
-    soak_s: float = 0.0
-    # Share of a wave's devices that must be committed before the next wave starts.
-    success_threshold: float = 1.0
-
-
-@dataclass(frozen=True)
-class ExponentialRate:
-    base_per_minute: float
-    increment_factor: float = 2.0
-    # The rate grows each time this many more devices were notified (or succeeded).
-    increase_every: int = 10
-    increase_on: Literal["notified", "succeeded"] = "notified"
-
-
-@dataclass(frozen=True)
-class AbortCriterion:
-    """Fires once at least ``min_finished`` devices finished and the value passes ``threshold``.
-
-    kinds: ``failure_share`` (failed, rolled back or timed out / finished), ``error_rate``
-    (of the new model's inferences), ``latency_ratio`` (p95 new / p95 previous model on
-    the same devices).
-    """
-
-    kind: Literal["failure_share", "error_rate", "latency_ratio"]
-    threshold: float
-    min_finished: int = 1
-    action: Literal["pause", "abort"] = "pause"
-
-
-@dataclass(frozen=True)
-class RolloutPolicy:
-    strategy: Waves | ExponentialRate
-    abort: tuple[AbortCriterion, ...] = ()
-    in_progress_timeout_s: float = 600.0
-    max_retries: int = 2
-    retry_backoff_s: float = 5.0
-    # Failure codes worth retrying (network trouble); a bad bundle is not retried.
-    retry_codes: frozenset[str] = frozenset({"download"})
+Status = Literal["created", "running", "paused", "aborted", "completed", "rolled_back"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +71,9 @@ class RolloutState:
     rate_tokens: float = 0.0
     rate_updated_at: float | None = None
     reason: str = ""
+    # What an operator resumed past: gate kind -> its sample count then, and
+    # "wave_success:<n>" for a wave let through below its success threshold.
+    acknowledged: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,6 +84,12 @@ class GateMetrics:
     error_samples: int = 0
     latency_ratio: float | None = None
     latency_devices: int = 0
+    # Share of monitored features that drift (inputs, model outputs) and the inferences
+    # behind the verdict.
+    input_drift_share: float | None = None
+    prediction_drift_share: float | None = None
+    drift_samples: int = 0
+    drift_detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,39 +158,157 @@ def _finished(policy: RolloutPolicy, devices: Sequence[DeviceExec]) -> list[Devi
     return [d for d in devices if is_final(policy, d) and d.state != CANCELED]
 
 
+def gate_samples(
+    criterion: AbortCriterion,
+    devices: Sequence[DeviceExec],
+    metrics: GateMetrics,
+    policy: RolloutPolicy,
+) -> int:
+    """How much evidence a criterion has: finished devices, inferences or devices."""
+    if criterion.kind == "failure_share":
+        return len(_finished(policy, devices))
+    if criterion.kind == "error_rate":
+        return metrics.error_samples
+    if criterion.kind == "latency_ratio":
+        return metrics.latency_devices
+    return metrics.drift_samples
+
+
+def _judge(
+    criterion: AbortCriterion,
+    devices: Sequence[DeviceExec],
+    metrics: GateMetrics,
+    policy: RolloutPolicy,
+) -> str | None:
+    """The reason ``criterion`` fires on these figures, or None."""
+    if criterion.kind == "failure_share":
+        finished = _finished(policy, devices)
+        if not finished:
+            return None
+        bad = sum(1 for d in finished if d.state in BAD)
+        share = bad / len(finished)
+        if share <= criterion.threshold:
+            return None
+        return (
+            f"{bad} of {len(finished)} finished devices failed, rolled back or timed out "
+            f"({share:.0%} > {criterion.threshold:.0%})"
+        )
+    if criterion.kind == "error_rate":
+        if metrics.error_rate is None or metrics.error_rate <= criterion.threshold:
+            return None
+        return (
+            f"new model error rate {metrics.error_rate:.2%} over {metrics.error_samples} "
+            f"inferences > {criterion.threshold:.2%}"
+        )
+    if criterion.kind == "latency_ratio":
+        if metrics.latency_ratio is None or metrics.latency_ratio <= criterion.threshold:
+            return None
+        return (
+            f"new model p95 latency is {metrics.latency_ratio:.2f}x the previous model's "
+            f"on {metrics.latency_devices} devices (> {criterion.threshold:.2f}x)"
+        )
+    drifting = (
+        metrics.input_drift_share
+        if criterion.kind == "input_drift"
+        else metrics.prediction_drift_share
+    )
+    if drifting is None or drifting <= criterion.threshold:
+        return None
+    what = "input" if criterion.kind == "input_drift" else "prediction"
+    detail = f": {metrics.drift_detail}" if metrics.drift_detail else ""
+    return (
+        f"{what} drift on {drifting:.0%} of monitored features of the new model "
+        f"(> {criterion.threshold:.0%}) over {metrics.drift_samples} inferences{detail}"
+    )
+
+
 def check_abort(
-    policy: RolloutPolicy, devices: Sequence[DeviceExec], metrics: GateMetrics
+    policy: RolloutPolicy,
+    devices: Sequence[DeviceExec],
+    metrics: GateMetrics,
+    acknowledged: Mapping[str, int] | None = None,
 ) -> tuple[AbortCriterion, str] | None:
-    """The first abort criterion that fires, with a reason naming the value."""
+    """The first abort criterion that fires, with a reason naming the value.
+
+    A criterion needs ``min_finished`` samples; one an operator resumed past needs
+    ``min_finished`` *more* samples than it had then before it may fire again.
+    """
+    acknowledged = acknowledged or {}
+    for criterion in policy.abort:
+        samples = gate_samples(criterion, devices, metrics, policy)
+        if samples < criterion.min_finished:
+            continue
+        if criterion.kind in acknowledged and (
+            samples - acknowledged[criterion.kind] < max(criterion.min_finished, 1)
+        ):
+            continue
+        reason = _judge(criterion, devices, metrics, policy)
+        if reason is not None:
+            return criterion, reason
+    return None
+
+
+def gate_values(
+    policy: RolloutPolicy, devices: Sequence[DeviceExec], metrics: GateMetrics
+) -> dict[str, float | int | None]:
+    """The figures every gate looks at, for the operator's status view."""
     finished = _finished(policy, devices)
     bad = sum(1 for d in finished if d.state in BAD)
+    return {
+        "finished": len(finished),
+        "failed": bad,
+        "failure_share": bad / len(finished) if finished else None,
+        "error_rate": metrics.error_rate,
+        "error_samples": metrics.error_samples,
+        "latency_ratio": metrics.latency_ratio,
+        "latency_devices": metrics.latency_devices,
+        "input_drift_share": metrics.input_drift_share,
+        "prediction_drift_share": metrics.prediction_drift_share,
+        "drift_samples": metrics.drift_samples,
+    }
+
+
+def resume(
+    policy: RolloutPolicy,
+    state: RolloutState,
+    devices: Sequence[DeviceExec],
+    metrics: GateMetrics,
+) -> RolloutState:
+    """The state after an operator resumes a paused rollout.
+
+    Whatever paused it is acknowledged, so it does not fire again on the same evidence:
+    a gate waits for ``min_finished`` new samples, a wave below its success threshold is
+    let through.
+    """
+    acknowledged = dict(state.acknowledged)
     for criterion in policy.abort:
-        if criterion.kind == "failure_share":
-            if len(finished) < criterion.min_finished or not finished:
-                continue
-            share = bad / len(finished)
-            if share > criterion.threshold:
-                return criterion, (
-                    f"{bad} of {len(finished)} finished devices failed, rolled back or timed out "
-                    f"({share:.0%} > {criterion.threshold:.0%})"
-                )
-        elif criterion.kind == "error_rate":
-            if metrics.error_rate is None or metrics.error_samples < criterion.min_finished:
-                continue
-            if metrics.error_rate > criterion.threshold:
-                return criterion, (
-                    f"new model error rate {metrics.error_rate:.2%} over {metrics.error_samples} "
-                    f"inferences > {criterion.threshold:.2%}"
-                )
-        elif criterion.kind == "latency_ratio":
-            if metrics.latency_ratio is None or metrics.latency_devices < criterion.min_finished:
-                continue
-            if metrics.latency_ratio > criterion.threshold:
-                return criterion, (
-                    f"new model p95 latency is {metrics.latency_ratio:.2f}x the previous model's "
-                    f"on {metrics.latency_devices} devices (> {criterion.threshold:.2f}x)"
-                )
-    return None
+        if _judge(criterion, devices, metrics, policy) is not None:
+            acknowledged[criterion.kind] = gate_samples(criterion, devices, metrics, policy)
+    if state.wave >= 0:
+        acknowledged[f"wave_success:{state.wave}"] = 1
+    return replace(state, status="running", reason="", acknowledged=acknowledged)
+
+
+def plan_abort(
+    state: RolloutState, devices: Sequence[DeviceExec], reason: str, *, roll_back: bool
+) -> TickPlan:
+    """Operator abort: queued devices are canceled; with ``roll_back`` every device told
+    about the bundle also returns to its previous one (still in its other slot)."""
+    plan = _abort(state, devices, reason, ())
+    return plan if roll_back else replace(plan, roll_back=())
+
+
+def state_after_rollback(state: str) -> str:
+    """A device's execution state once the controller sent it back to its previous bundle.
+
+    Devices that ran the new model are ``rolled_back``; those still on the way are
+    ``canceled``; those that had already failed, rolled back or timed out keep saying so.
+    """
+    if state in (ON_TRIAL, COMMITTED):
+        return ROLLED_BACK
+    if state in IN_PROGRESS:
+        return CANCELED
+    return state
 
 
 def plan_tick(
@@ -236,7 +318,14 @@ def plan_tick(
     metrics: GateMetrics,
     now: float,
 ) -> TickPlan:
-    """Decide this tick's actions for one rollout. Only a ``running`` rollout moves."""
+    """Decide this tick's actions for one rollout.
+
+    Only a ``running`` rollout notifies devices; a ``paused`` one still times out the
+    devices that hang in progress, so what the operator sees stays true.
+    """
+    if state.status == "paused":
+        timed_out, _ = _timeouts_and_retries(policy, devices, now)
+        return TickPlan(state, timed_out=timed_out)
     if state.status != "running":
         return TickPlan(state)
     if state.started_at is None:
@@ -246,11 +335,11 @@ def plan_tick(
     timed_out, retry = _timeouts_and_retries(policy, devices, now)
     # Judge with this tick's time-outs applied, so a gate sees them at once.
     after = [replace(d, state=TIMED_OUT) if d.device_id in timed_out else d for d in devices]
-    fired = check_abort(policy, after, metrics)
+    fired = check_abort(policy, after, metrics, state.acknowledged)
     if fired is not None:
         criterion, reason = fired
         if criterion.action == "abort":
-            return _abort(state, after, f"aborted: {reason}", timed_out)
+            return _abort(state, after, reason, timed_out)
         audit.append(f"paused: {reason}")
         return TickPlan(
             replace(state, status="paused", reason=reason), timed_out=timed_out, audit=tuple(audit)
@@ -275,7 +364,7 @@ def _abort(
         cancel=cancel,
         roll_back=back,
         timed_out=timed_out,
-        audit=(reason,),
+        audit=(f"aborted: {reason}",),
     )
 
 
@@ -314,11 +403,14 @@ def _tick_waves(
         return TickPlan(state)
     # The soak runs from the moment the wave's last device finished.
     done_at = max((d.updated_at for d in current), default=now)
-    committed = sum(1 for d in current if d.state == COMMITTED)
-    share = committed / len(current) if current else 1.0
-    if share < waves.success_threshold:
+    # Devices another rollout took over (canceled) are not this wave's to judge.
+    judged = [d for d in current if d.state != CANCELED]
+    committed = sum(1 for d in judged if d.state == COMMITTED)
+    share = committed / len(judged) if judged else 1.0
+    let_through = f"wave_success:{state.wave}" in state.acknowledged
+    if share < waves.success_threshold and not let_through:
         reason = (
-            f"wave {state.wave + 1}: {committed} of {len(current)} devices committed "
+            f"wave {state.wave + 1}: {committed} of {len(judged)} devices committed "
             f"({share:.0%} < {waves.success_threshold:.0%})"
         )
         return TickPlan(

@@ -12,7 +12,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import models as m
-from controller.deployment_progress import deployment_status
 
 
 class _In(BaseModel):
@@ -59,14 +58,6 @@ class BundleCreate(_In):
     hardware_classes: list[str] | None = Field(None, description="defaults to ['generic']")
     health_check: HealthCheckIn | None = None
     trial: TrialIn | None = Field(None, description="default trial policy for devices")
-
-
-class DeploymentCreate(_In):
-    bundle: str = Field(description="bundle id or manifest_sha256")
-    devices: list[str] | None = Field(None, description="device ids (unknown ones are created)")
-    tag: str | None = Field(None, description="every known device carrying this tag")
-    hardware_class: str | None = Field(None, description="every known device of this class")
-    trial: TrialIn | None = Field(None, description="trial policy override for this deployment")
 
 
 # ---------------------------------------------------------------- responses
@@ -207,7 +198,7 @@ class TelemetryOut(BaseModel):
 class EventOut(BaseModel):
     ts: float
     type: str
-    deployment_id: str | None
+    rollout_id: str | None
     bundle_sha256: str | None
     code: str | None
     message: str
@@ -218,7 +209,7 @@ class EventOut(BaseModel):
         return cls(
             ts=row.ts,
             type=row.type,
-            deployment_id=row.deployment_id,
+            rollout_id=row.rollout_id,
             bundle_sha256=row.bundle_sha256,
             code=row.code,
             message=row.message,
@@ -243,7 +234,7 @@ class DeviceOut(BaseModel):
     last_error: ErrorOut | None
     generation: int
     reported_generation: int | None
-    deployment_id: str | None
+    rollout_id: str | None
     agent_version: str | None
 
     @classmethod
@@ -266,75 +257,13 @@ class DeviceOut(BaseModel):
             else ErrorOut(code=row.error_code, message=row.error_message or ""),
             generation=row.generation,
             reported_generation=row.reported_generation,
-            deployment_id=row.deployment_id,
+            rollout_id=row.rollout_id,
             agent_version=row.agent_version,
         )
 
 
 class DeviceDetail(DeviceOut):
     last_telemetry: TelemetryOut | None
-
-
-class DeploymentDeviceOut(BaseModel):
-    device_id: str
-    status: str
-    phase: str | None
-    reason: ErrorOut | None
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, row: m.DeploymentDevice) -> DeploymentDeviceOut:
-        reason = None
-        if row.reason_code is not None:
-            reason = ErrorOut(code=row.reason_code, message=row.reason_message or "")
-        return cls(
-            device_id=row.device_id,
-            status=row.status,
-            phase=row.phase,
-            reason=reason,
-            updated_at=row.updated_at,
-        )
-
-
-class DeploymentBundleOut(BaseModel):
-    id: int
-    manifest_sha256: str
-    name: str
-    version: str
-
-
-class DeploymentOut(BaseModel):
-    id: str
-    bundle: DeploymentBundleOut
-    target: dict[str, Any]
-    trial: dict[str, Any] | None
-    created: datetime
-    status: str
-    total: int
-    counts: dict[str, int]
-
-    @classmethod
-    def of(cls, row: m.Deployment, counts: dict[str, int]) -> DeploymentOut:
-        full = {status: counts.get(status, 0) for status in m.DEVICE_STATUSES}
-        return cls(
-            id=row.id,
-            bundle=DeploymentBundleOut(
-                id=row.bundle.id,
-                manifest_sha256=row.bundle.manifest_sha256,
-                name=row.bundle.name,
-                version=row.bundle.version,
-            ),
-            target=row.target,
-            trial=row.trial,
-            created=row.created,
-            status=deployment_status(full),
-            total=sum(full.values()),
-            counts=full,
-        )
-
-
-class DeploymentDetail(DeploymentOut):
-    devices: list[DeploymentDeviceOut]
 
 
 class HealthOut(BaseModel):

@@ -55,6 +55,15 @@ class Settings:
     compression_max_queued: int = 16
     compression_max_attempts: int = 3
     compression_timeout_s: float = 3600.0
+    # This replica's name in rollout leases and the audit log; "" -> the MQTT client id.
+    replica_id: str = ""
+    rollout_tick_s: float = 1.0
+    # A replica that stops ticking a rollout loses it to another after this long.
+    rollout_lease_s: float = 15.0
+    rollout_gate_interval_s: float = 5.0
+    rollout_republish_after_s: float = 10.0
+    # How far back the previous model's telemetry counts for the latency gate.
+    rollout_latency_lookback_s: float = 3600.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -83,6 +92,9 @@ class Settings:
 
     def client_id(self) -> str:
         return self.mqtt_client_id or f"edgefleet-controller-{uuid.uuid4().hex[:12]}"
+
+    def replica_name(self, client_id: str) -> str:
+        return self.replica_id or client_id
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -129,6 +141,9 @@ class Settings:
         client_id = get("EDGEFLEET_MQTT_CLIENT_ID") or ""
         if len(client_id) > 128 or any(c in client_id for c in "/+#"):
             raise SettingsError(f"EDGEFLEET_MQTT_CLIENT_ID={client_id!r} is not a usable id")
+        replica_id = get("EDGEFLEET_REPLICA_ID") or ""
+        if len(replica_id) > 100:
+            raise SettingsError(f"EDGEFLEET_REPLICA_ID={replica_id!r} is over 100 characters")
         return cls(
             data_dir=data_dir,
             env=env,
@@ -180,6 +195,26 @@ class Settings:
             ),
             compression_timeout_s=number(
                 "EDGEFLEET_COMPRESSION_TIMEOUT_S", defaults.compression_timeout_s, float, 1.0
+            ),
+            replica_id=replica_id,
+            rollout_tick_s=number("EDGEFLEET_ROLLOUT_TICK_S", defaults.rollout_tick_s, float, 0.01),
+            rollout_lease_s=number(
+                "EDGEFLEET_ROLLOUT_LEASE_S", defaults.rollout_lease_s, float, 0.1
+            ),
+            rollout_gate_interval_s=number(
+                "EDGEFLEET_ROLLOUT_GATE_INTERVAL_S", defaults.rollout_gate_interval_s, float, 0.0
+            ),
+            rollout_republish_after_s=number(
+                "EDGEFLEET_ROLLOUT_REPUBLISH_AFTER_S",
+                defaults.rollout_republish_after_s,
+                float,
+                0.1,
+            ),
+            rollout_latency_lookback_s=number(
+                "EDGEFLEET_ROLLOUT_LATENCY_LOOKBACK_S",
+                defaults.rollout_latency_lookback_s,
+                float,
+                0.0,
             ),
         )
 

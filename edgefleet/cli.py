@@ -21,6 +21,7 @@ COMMANDS = {
     "bundle": "firmware_bundles.cli",
     "compress": "compress.cli",
     "controller": "controller.cli",
+    "rollout": "controller.rollout_cli",
     "agent": "agent.cli",
     "simulate": "simulators.cli",
     "demo": "edgefleet.demo",

@@ -157,10 +157,21 @@ def _run(args: argparse.Namespace, api: Any, work: Path, broker: Any, server: An
     with Fleet(spec) as fleet:
         _say(f"-- fleet       {args.devices} simulated devices connected")
         _wait_devices_known(api, args.devices, timeout=30)
-        deployment = _check(api.post("/deployments", json={"bundle": sha, "tag": "demo"}))
-        _say(f"-- deployment  {deployment['id']} to tag 'demo'")
+        rollout = _check(
+            api.post(
+                "/rollouts",
+                json={
+                    "bundle": sha,
+                    "tag": "demo",
+                    "waves": {"steps": [{"percent": 10}, {"percent": 50}, {"percent": 100}]},
+                    "abort": [{"kind": "failure_share", "threshold": 0.2, "min_finished": 2}],
+                    "start": True,
+                },
+            )
+        )
+        _say(f"-- rollout     {rollout['id']} to tag 'demo' in waves of 10%, 50%, 100%")
         fleet.feed(rate_per_device=20.0)
-        done = _show_progress(api, deployment["id"], args.devices, args.timeout)
+        done = _show_progress(api, rollout["id"], args.devices, args.timeout)
         time.sleep(3.0)  # a few telemetry windows on the new model
         fleet.stop_feeding()
         time.sleep(1.5)
@@ -191,17 +202,23 @@ def _wait_devices_known(api: Any, count: int, timeout: float) -> None:
     raise SystemExit(f"edgefleet demo: the controller did not see {count} devices in {timeout}s")
 
 
-def _show_progress(api: Any, deployment_id: str, total: int, timeout: float) -> bool:
+def _show_progress(api: Any, rollout_id: str, total: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        counts = _check(api.get(f"/deployments/{deployment_id}"))["counts"]
-        line = "   " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        rollout = _check(api.get(f"/rollouts/{rollout_id}"))
+        counts = {k: v for k, v in rollout["counts"].items() if v}
+        wave = rollout["current_wave"]
+        line = f"   {rollout['status']:9} wave {wave or '-'}  " + "  ".join(
+            f"{k} {v}" for k, v in sorted(counts.items())
+        )
         if line != last:
             _say(line)
             last = line
-        if counts.get("succeeded", 0) + counts.get("failed", 0) >= total:
-            return bool(counts.get("succeeded", 0) == total)
+        if rollout["status"] not in ("created", "running"):
+            if rollout["reason"]:
+                _say(f"   {rollout['reason']}")
+            return bool(rollout["status"] == "completed" and counts.get("committed") == total)
         time.sleep(0.3)
     _say("   timed out waiting for the fleet")
     return False

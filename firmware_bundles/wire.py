@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from firmware_bundles.errors import WireError
+from firmware_bundles.latency_histogram import parse_histogram
 
 SCHEMA = 1
 PREFIX = "edgefleet/v1/dev"
@@ -265,6 +266,9 @@ class Telemetry:
     latency_p95_ms: float | None
     latency_p99_ms: float | None
     bundle: BundleRef | None = None
+    # Successful inferences' latencies, bucketed (firmware_bundles.latency_histogram):
+    # what lets the controller merge percentiles across windows and devices exactly.
+    latency_histogram: dict[int, int] | None = None
 
     def to_bytes(self) -> bytes:
         return _dumps(self)
@@ -288,6 +292,17 @@ def parse_telemetry(payload: bytes) -> Telemetry:
         return None if value is None else float(value)
 
     bundle = data.get("bundle")
+    raw_histogram = data.get("latency_histogram")
+    histogram = (
+        None
+        if raw_histogram is None
+        else parse_histogram(raw_histogram, "telemetry.latency_histogram")
+    )
+    if histogram is not None and sum(histogram.values()) > counts["inference_count"]:
+        raise WireError(
+            f"telemetry.latency_histogram counts {sum(histogram.values())} inferences, "
+            f"more than inference_count {counts['inference_count']}"
+        )
     return Telemetry(
         device_id=check_device_id(_get(data, "device_id", str, "telemetry")),
         seq=counts["seq"],
@@ -299,6 +314,7 @@ def parse_telemetry(payload: bytes) -> Telemetry:
         latency_p95_ms=latency("latency_p95_ms"),
         latency_p99_ms=latency("latency_p99_ms"),
         bundle=None if bundle is None else BundleRef.parse(bundle, "telemetry.bundle"),
+        latency_histogram=histogram,
     )
 
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.blobstore import BlobStore
+from controller.errors import InvalidRequestError
 from controller.ingest import IngestWorker
 from controller.release_keys import ReleaseKeys
-from controller.services.deployments import DesiredPublisher
+from controller.rollout_worker import RolloutWorker
 from controller.settings import Settings
 
 
@@ -27,7 +29,7 @@ class Runtime:
     store: BlobStore
     keys: ReleaseKeys
     ingest: IngestWorker
-    publisher: DesiredPublisher
+    rollouts: RolloutWorker
     broker_connected: Callable[[], bool]
 
 
@@ -52,6 +54,33 @@ def get_store(runtime: RuntimeDep) -> BlobStore:
     return runtime.store
 
 
+ACTOR_HEADER = "X-EdgeFleet-Actor"
+_ACTOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._:+-]{0,99}$")
+
+
+def get_actor(
+    actor: Annotated[
+        str | None,
+        Header(
+            alias=ACTOR_HEADER,
+            description="who is acting, for the audit log (an operator's name)",
+        ),
+    ] = None,
+) -> str:
+    """The operator named in ``X-EdgeFleet-Actor``; "anonymous" when none is given.
+
+    The API has no authentication yet: this names, it does not prove.
+    """
+    if actor is None or not actor.strip():
+        return "anonymous"
+    if not _ACTOR_RE.match(actor.strip()):
+        raise InvalidRequestError(
+            f"{ACTOR_HEADER} {actor[:110]!r}: use 1-100 of letters, digits and @._:+-"
+        )
+    return actor.strip()
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
+ActorDep = Annotated[str, Depends(get_actor)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[BlobStore, Depends(get_store)]

@@ -5,8 +5,8 @@ devices are loaded and locked in id order (so replicas queue behind each other i
 of deadlocking), devices never seen before are created on their first message
 (``INSERT ... ON CONFLICT DO NOTHING``: another replica may be creating the same one),
 changes are made in memory and flushed as grouped UPDATEs, and windows and events go in
-with one multi-row INSERT per table that ignores replays. Deployment rows move as
-:mod:`controller.deployment_progress` says.
+with one multi-row INSERT per table that ignores replays. Rollout executions move as
+:mod:`controller.execution_progress` says.
 """
 
 from __future__ import annotations
@@ -19,46 +19,47 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from controller import deployment_progress as progress
-from controller.db import insert_ignoring_duplicates
+from controller import execution_progress as progress
+from controller.db import chunks, insert_ignoring_duplicates
 from controller.inbound import Report
 from controller.models import (
-    FAILED,
-    SUCCEEDED,
     Bundle,
-    Deployment,
-    DeploymentDevice,
     Device,
     DeviceEvent,
     DriftWindow,
+    Rollout,
+    RolloutDevice,
     TelemetryWindow,
 )
-from controller.services.deployments import chunks
+from controller.rollout_engine import FAILED, IN_PROGRESS, ROLLED_BACK, TERMINAL
+from controller.services.devices import ensure_devices
+from firmware_bundles import latency_histogram
 from firmware_bundles.wire import Drift, Event, State, Status, Telemetry
 
 
 @dataclass
 class _Tracked:
-    """A deployment row and the bundle it targets, as the batch moves it."""
+    """A rollout execution row and the bundle it targets, as the batch moves it."""
 
-    row: DeploymentDevice
+    row: RolloutDevice
     target_sha256: str
 
     def view(self) -> progress.Row:
-        return progress.Row(
-            self.row.deployment_id, self.target_sha256, self.row.status, self.row.phase
-        )
+        return progress.Row(self.row.rollout_id, self.target_sha256, self.row.state)
 
-    def advance(self, step: progress.Progress | None, when: datetime) -> None:
+    def advance(self, step: progress.Progress | None, when: float) -> None:
         if step is None:
             return
-        self.row.status = step.status
-        self.row.phase = step.phase
-        if step.status == FAILED:
+        self.row.state = step.state
+        if step.state in (FAILED, ROLLED_BACK):
             self.row.reason_code = step.reason_code
             self.row.reason_message = step.reason_message
-        elif step.status == SUCCEEDED:
+        elif step.state not in IN_PROGRESS:
             self.row.reason_code = self.row.reason_message = None
+        if step.state in TERMINAL:
+            self.row.finished_at = when
+        if self.row.published_at is None:
+            self.row.published_at = when  # the device acted on it: it was delivered
         self.row.updated_at = when
 
 
@@ -116,31 +117,12 @@ def _apply_state(device: Device, state: State) -> bool:
     return True
 
 
-def _ensure_devices(session: Session, ids: list[str], now: datetime) -> dict[str, Device]:
-    """Load and lock the devices (id order), creating the ones never seen before."""
-
-    def lock(some: list[str]) -> dict[str, Device]:
-        query = sa.select(Device).where(Device.id.in_(some)).order_by(Device.id)
-        return {d.id: d for d in session.scalars(query.with_for_update())}
-
-    found = lock(ids)
-    missing = [i for i in ids if i not in found]
-    if missing:
-        session.execute(
-            insert_ignoring_duplicates(session, Device),
-            [
-                {"id": i, "tags": [], "online": False, "generation": 0, "created": now}
-                for i in missing
-            ],
-        )
-        found.update(lock(missing))
-    return found
-
-
 def _tracked_rows(
     session: Session, devices: dict[str, Device], reports: Sequence[Report]
 ) -> dict[tuple[str, str], _Tracked]:
-    wanted = {d.deployment_id for d in devices.values() if d.deployment_id}
+    """The execution rows these reports can move, locked in id order (after the devices,
+    the order every writer takes, so replicas and the rollout tick never deadlock)."""
+    wanted = {d.rollout_id for d in devices.values() if d.rollout_id}
     wanted |= {
         r.message.deployment_id
         for r in reports
@@ -149,17 +131,16 @@ def _tracked_rows(
     if not wanted:
         return {}
     query = (
-        sa.select(DeploymentDevice, Bundle.manifest_sha256)
-        .join(Deployment, Deployment.id == DeploymentDevice.deployment_id)
-        .join(Bundle, Bundle.id == Deployment.bundle_id)
-        .where(DeploymentDevice.device_id.in_(list(devices)))
-        .where(DeploymentDevice.deployment_id.in_(sorted(wanted)))
-        .order_by(DeploymentDevice.id)
-        .with_for_update(of=DeploymentDevice)
+        sa.select(RolloutDevice, Bundle.manifest_sha256)
+        .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
+        .join(Bundle, Bundle.id == Rollout.bundle_id)
+        .where(RolloutDevice.device_id.in_(list(devices)))
+        .where(RolloutDevice.rollout_id.in_(sorted(w[:32] for w in wanted)))
+        .order_by(RolloutDevice.id)
+        .with_for_update(of=RolloutDevice)
     )
     return {
-        (row.deployment_id, row.device_id): _Tracked(row, sha)
-        for row, sha in session.execute(query)
+        (row.rollout_id, row.device_id): _Tracked(row, sha) for row, sha in session.execute(query)
     }
 
 
@@ -170,8 +151,9 @@ def apply_reports(session: Session, reports: Sequence[Report], now: datetime) ->
     ids = sorted({r.device_id for r in reports})
     devices: dict[str, Device] = {}
     for part in chunks(ids):
-        devices.update(_ensure_devices(session, list(part), now))
+        devices.update(ensure_devices(session, list(part), now))
     tracked = _tracked_rows(session, devices, reports)
+    clock = now.timestamp()
     windows: list[dict[str, Any]] = []
     drifts: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
@@ -183,15 +165,15 @@ def apply_reports(session: Session, reports: Sequence[Report], now: datetime) ->
             continue
         if isinstance(message, State):
             _seen(device, report, message.ts)
-            entry = tracked.get((device.deployment_id or "", device.id))
+            entry = tracked.get((device.rollout_id or "", device.id))
             if _apply_state(device, message) and entry is not None:
-                entry.advance(progress.progress_from_state(entry.view(), message), now)
+                entry.advance(progress.progress_from_state(entry.view(), message), clock)
         elif isinstance(message, Event):
             _seen(device, report, message.ts)
             events.append(_event_row(message, report.received_at))
             entry = tracked.get((message.deployment_id or "", device.id))
             if entry is not None:
-                entry.advance(progress.progress_from_event(entry.view(), message), now)
+                entry.advance(progress.progress_from_event(entry.view(), message), clock)
         elif isinstance(message, Telemetry):
             _seen(device, report, message.window_end)
             windows.append(_telemetry_row(message, report.received_at))
@@ -219,6 +201,9 @@ def _telemetry_row(t: Telemetry, received_at: datetime) -> dict[str, Any]:
         "latency_p50_ms": t.latency_p50_ms,
         "latency_p95_ms": t.latency_p95_ms,
         "latency_p99_ms": t.latency_p99_ms,
+        "latency_histogram": None
+        if t.latency_histogram is None
+        else latency_histogram.to_wire(t.latency_histogram),
         "bundle_sha256": t.bundle.manifest_sha256 if t.bundle else None,
         "received_at": received_at,
     }
@@ -241,7 +226,7 @@ def _event_row(e: Event, received_at: datetime) -> dict[str, Any]:
         "device_id": e.device_id,
         "ts": e.ts,
         "type": e.type,
-        "deployment_id": e.deployment_id,
+        "rollout_id": e.deployment_id,
         "bundle_sha256": e.bundle.manifest_sha256 if e.bundle else None,
         "code": e.code,
         "message": e.message,

@@ -7,9 +7,32 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from controller.db import insert_ignoring_duplicates
 from controller.errors import NotFoundError
 from controller.models import Device, DeviceEvent, TelemetryWindow
 from controller.names import check_device
+
+
+def ensure_devices(session: Session, ids: list[str], now: datetime) -> dict[str, Device]:
+    """Load and lock the devices (in id order, the order every writer takes), creating
+    the ones never seen before (another replica may be creating them too)."""
+
+    def lock(some: list[str]) -> dict[str, Device]:
+        query = sa.select(Device).where(Device.id.in_(some)).order_by(Device.id)
+        return {d.id: d for d in session.scalars(query.with_for_update())}
+
+    found = lock(ids)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        session.execute(
+            insert_ignoring_duplicates(session, Device),
+            [
+                {"id": i, "tags": [], "online": False, "generation": 0, "created": now}
+                for i in missing
+            ],
+        )
+        found.update(lock(missing))
+    return found
 
 
 def list_devices(

@@ -55,8 +55,15 @@ class Stack:
         files += [("files", (sha, data)) for sha, data in bundle.blobs.items()]
         return self.ok(self.api.post("/bundles/upload", files=files))  # type: ignore[no-any-return]
 
-    def deployment(self, dep_id: str) -> dict[str, Any]:
-        return self.ok(self.api.get(f"/deployments/{dep_id}"))  # type: ignore[no-any-return]
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        return self.ok(self.api.get(f"/rollouts/{rollout_id}"))  # type: ignore[no-any-return]
+
+    def roll_out(self, bundle: str, **target: Any) -> str:
+        body = {"bundle": bundle, "start": True, **target}
+        return self.ok(self.api.post("/rollouts", json=body))["id"]  # type: ignore[no-any-return]
+
+    def executions(self, rollout_id: str) -> list[dict[str, Any]]:
+        return self.ok(self.api.get(f"/rollouts/{rollout_id}/devices"))  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +104,9 @@ def test_ten_devices_receive_a_bundle_and_report_telemetry(stack: Stack) -> None
     assert wait_until(
         lambda: len(stack.ok(stack.api.get("/devices", params={"tag": "e2e"}))) == DEVICES
     )
-    dep = stack.ok(
-        stack.api.post("/deployments", json={"bundle": bundle["manifest_sha256"], "tag": "e2e"})
-    )
-    assert wait_until(
-        lambda: stack.deployment(dep["id"])["counts"]["succeeded"] == DEVICES, timeout=60
-    )
+    rid = stack.roll_out(bundle["manifest_sha256"], tag="e2e")
+    assert wait_until(lambda: stack.rollout(rid)["status"] == "completed", timeout=60)
+    assert stack.rollout(rid)["counts"]["committed"] == DEVICES
     assert stack.fleet.count_on("1.0.0") == DEVICES
     devices = stack.ok(stack.api.get("/devices", params={"tag": "e2e"}))
     assert {d["active_bundle"]["version"] for d in devices} == {"1.0.0"}
@@ -160,19 +164,14 @@ def test_bad_bundles_are_refused_and_the_controller_shows_why(stack: Stack) -> N
         ((tampered, "digest_mismatch"), (rogue, "signature"), (bad_golden, "health_check"))
     ):
         device = stack.fleet.spec.device_id(index)
-        dep = stack.ok(
-            stack.api.post(
-                "/deployments", json={"bundle": bundle.manifest_sha256, "devices": [device]}
-            )
-        )
-        expected[device] = (dep["id"], code)
+        expected[device] = (stack.roll_out(bundle.manifest_sha256, devices=[device]), code)
 
-    for device, (dep_id, code) in expected.items():
-        assert wait_until(
-            lambda d=dep_id: stack.deployment(d)["counts"]["failed"] == 1, timeout=30
-        ), stack.deployment(dep_id)
-        row = stack.deployment(dep_id)["devices"][0]
-        assert row["device_id"] == device and row["status"] == "failed"
+    for device, (rid, code) in expected.items():
+        assert wait_until(lambda r=rid: stack.rollout(r)["counts"]["failed"] == 1, timeout=30), (
+            stack.rollout(rid)
+        )
+        row = stack.executions(rid)[0]
+        assert row["device_id"] == device and row["state"] == "failed"
         assert row["reason"]["code"] == code, row
         detail = stack.ok(stack.api.get(f"/devices/{device}"))
         assert detail["last_error"]["code"] == code

@@ -8,6 +8,7 @@ must say what was wrong.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -288,7 +289,7 @@ def test_invalid_calls_get_messages_that_name_the_problem(
     device = f"api-{uuid.uuid4().hex[:8]}"
 
     def deploy(body: dict[str, object]) -> httpx.Response:
-        return api.post("/deployments", json=body)
+        return api.post("/rollouts", json=body)
 
     assert "invalid device id 'Bad_Id'" in _detail(
         deploy({"bundle": sha, "devices": ["Bad_Id"]}), 422
@@ -300,7 +301,7 @@ def test_invalid_calls_get_messages_that_name_the_problem(
     assert "neither a bundle id nor a manifest sha256" in _detail(
         deploy({"bundle": "latest", "devices": [device]}), 422
     )
-    assert "needs a target" in _detail(deploy({"bundle": sha}), 422)
+    assert "a rollout needs a target" in _detail(deploy({"bundle": sha}), 422)
     assert "unknown field 'trial.min_second' (body)" in _detail(
         deploy({"bundle": sha, "devices": [device], "trial": {"min_second": 5}}), 422
     )
@@ -314,24 +315,61 @@ def test_invalid_calls_get_messages_that_name_the_problem(
     assert "unknown field 'device' (body)" in _detail(deploy({"bundle": sha, "device": "x"}), 422)
     assert "'devices' (body)" in _detail(deploy({"bundle": sha, "devices": "not-a-list"}), 422)
     assert "JSON" in _detail(
-        api.post(
-            "/deployments", content=b"{not json", headers={"content-type": "application/json"}
-        ),
+        api.post("/rollouts", content=b"{not json", headers={"content-type": "application/json"}),
         422,
+    )
+    one = {"bundle": sha, "devices": [device]}
+    assert "exactly one of 'percent' or 'count'" in _detail(
+        deploy({**one, "waves": {"steps": [{"percent": 5, "count": 3}]}}), 422
+    )
+    assert "'waves.steps' (body)" in _detail(deploy({**one, "waves": {"steps": []}}), 422)
+    assert "'waves.steps.0.percent' (body)" in _detail(
+        deploy({**one, "waves": {"steps": [{"percent": 150}]}}), 422
+    )
+    assert "not both" in _detail(
+        deploy({**one, "waves": {"steps": [{"percent": 100}]},
+                "exponential_rate": {"base_per_minute": 5}}),
+        422,
+    )  # fmt: skip
+    assert "failure_share threshold is a share" in _detail(
+        deploy({**one, "abort": [{"kind": "failure_share", "threshold": 5}]}), 422
+    )
+    assert "'abort.0.kind' (body)" in _detail(
+        deploy({**one, "abort": [{"kind": "vibes", "threshold": 0.1}]}), 422
+    )
+    assert "X-EdgeFleet-Actor" in _detail(
+        api.post("/rollouts", json=one, headers={"X-EdgeFleet-Actor": "bad actor/1"}), 422
     )
 
     assert f"no device '{device}'" in _detail(api.get(f"/devices/{device}"), 404)
     assert "invalid device id" in _detail(api.get("/devices/NOT_VALID"), 422)
     assert "EDGEFLEET_MAX_PAGE_SIZE" in _detail(api.get("/devices", params={"limit": 10**6}), 422)
-    assert "no deployment 'nope'" in _detail(api.get("/deployments/nope"), 404)
+    assert "no rollout 'nope'" in _detail(api.get("/rollouts/nope"), 404)
+    assert "no rollout 'nope'" in _detail(api.post("/rollouts/nope/pause"), 404)
     assert "no such endpoint" in _detail(api.get("/nothing-here"), 404)
 
-    # A deployment to a device not seen yet creates it, pending.
-    created = deploy({"bundle": sha, "devices": [device]})
+    # A rollout to a device not seen yet creates it; nothing is sent before the start.
+    created = api.post("/rollouts", json=one, headers={"X-EdgeFleet-Actor": "alice"})
     assert created.status_code == 201, created.text
-    assert created.json()["counts"]["pending"] == 1
+    rollout = created.json()
+    assert (rollout["status"], rollout["counts"]["queued"]) == ("created", 1)
     seen = api.get(f"/devices/{device}").json()
-    assert (seen["online"], seen["generation"], seen["last_telemetry"]) == (False, 1, None)
+    assert (seen["online"], seen["generation"], seen["last_telemetry"]) == (False, 0, None)
+    rid = rollout["id"]
+    assert "cannot pause rollout" in _detail(api.post(f"/rollouts/{rid}/pause"), 409)
+    assert "unknown action 'explode'" in _detail(api.post(f"/rollouts/{rid}/explode"), 422)
+    started = api.post(
+        f"/rollouts/{rid}/start", json={"reason": "approved"}, headers={"X-EdgeFleet-Actor": "bob"}
+    )
+    assert started.json()["status"] == "running"
+    deadline = time.monotonic() + 20
+    while api.get(f"/devices/{device}").json()["generation"] != 1:
+        assert time.monotonic() < deadline, "the rollout tick never notified the device"
+        time.sleep(0.1)
+    assert api.get(f"/rollouts/{rid}/devices").json()[0]["state"] == "notified"
+    trail = [(e["actor"], e["action"]) for e in api.get(f"/rollouts/{rid}/audit").json()]
+    assert trail[:2] == [("alice", "create"), ("bob", "start")]
+    assert any(actor.startswith("controller:") for actor, _ in trail[2:])
 
 
 def test_health_reports_database_broker_and_ingest(start_controller: ControllerFactory) -> None:

@@ -92,6 +92,7 @@ def controller(
             "EDGEFLEET_DATA_DIR": str(tmp_path / "controller"),
             "EDGEFLEET_DATABASE_URL": database_url,
             "EDGEFLEET_BROKER_URL": mqtt_broker.url,
+            "EDGEFLEET_ROLLOUT_TICK_S": "0.2",
         }
     )
     with ControllerServer(settings) as server:
@@ -206,7 +207,7 @@ def _build_bundle(api: httpx.Client, tmp_path: Path) -> dict[str, Any]:
     return bundle
 
 
-def test_a_deployment_follows_what_each_device_reports(
+def test_rollout_executions_follow_what_each_device_reports(
     controller: tuple[ControllerServer, httpx.Client],
     devices: Callable[[str], FakeDevice],
     mqtt_broker: MosquittoBroker,
@@ -215,26 +216,33 @@ def test_a_deployment_follows_what_each_device_reports(
     server, api = controller
     bundle = _build_bundle(api, tmp_path)
     target = BundleRef(bundle["manifest_sha256"], bundle["name"], bundle["version"])
-    ok, broken, flaky, late = (devices(n) for n in ("ok", "broken", "flaky", "late"))
+    ok, broken, flaky, retry, late = (
+        devices(n) for n in ("ok", "broken", "flaky", "retry", "late")
+    )
     tag = f"fleet-{ok.device_id}"
-    for device in (ok, broken, flaky):
+    for device in (ok, broken, flaky, retry):
         device.state(tags=[tag])
-    eventually(lambda: len(api.get("/devices", params={"tag": tag}).json()) == 3)
+    eventually(lambda: len(api.get("/devices", params={"tag": tag}).json()) == 4)
 
     created = api.post(
-        "/deployments",
+        "/rollouts",
         json={
             "bundle": target.manifest_sha256,
             "tag": tag,
             "devices": [late.device_id],
             "trial": {"min_seconds": 2, "max_error_rate": 0.1},
+            "in_progress_timeout_s": 4,
+            "retry_backoff_s": 0.5,
+            "start": True,
         },
     )
     assert created.status_code == 201, created.text
-    deployment = created.json()
-    dep_id = deployment["id"]
-    assert deployment["counts"]["pending"] == 4 and deployment["status"] == "in_progress"
+    rid = created.json()["id"]
 
+    def rows() -> dict[str, dict[str, Any]]:
+        return {r["device_id"]: r for r in api.get(f"/rollouts/{rid}/devices").json()}
+
+    eventually(lambda: all(r["state"] == "notified" for r in rows().values()))
     # A device connecting later still gets its desired state: it is retained.
     watcher = Watcher(mqtt_broker, topic(late.device_id, "down", "desired"))
     try:
@@ -242,77 +250,121 @@ def test_a_deployment_follows_what_each_device_reports(
         desired = parse_desired(watcher.messages[0][1])
     finally:
         watcher.close()
-    assert (desired.generation, desired.bundle, desired.deployment_id) == (1, target, dep_id)
+    assert (desired.generation, desired.bundle, desired.deployment_id) == (1, target, rid)
     assert desired.blob_base_url == f"{server.api_url}/blobs"
     assert desired.trial == {"min_seconds": 2.0, "max_error_rate": 0.1}
     envelope = httpx.get(f"{desired.blob_base_url}/{target.manifest_sha256}")
     assert envelope.status_code == 200 and len(envelope.content) > 100
 
-    def rows() -> dict[str, dict[str, Any]]:
-        detail = api.get(f"/deployments/{dep_id}").json()
-        return {r["device_id"]: r for r in detail["devices"]}
+    ok.state(phase="downloading", deployment_id=rid, generation=1, tags=[tag])
+    eventually(lambda: rows()[ok.device_id]["state"] == "downloading")
+    ok.state(phase="verifying", deployment_id=rid, generation=1, tags=[tag])
+    eventually(lambda: rows()[ok.device_id]["state"] == "verifying")
+    # A late duplicate of an earlier report does not move the row backwards.
+    ok.event("update_started", deployment_id=rid, bundle=target)
+    ok.state(phase="idle", active=target, previous=OLD, deployment_id=rid, generation=1)
 
-    ok.state(phase="downloading", deployment_id=dep_id, generation=1, tags=[tag])
-    eventually(lambda: rows()[ok.device_id]["status"] == "in_progress")
-    assert rows()[ok.device_id]["phase"] == "downloading"
-    ok.state(phase="idle", active=target, previous=OLD, deployment_id=dep_id, generation=1)
-
-    broken.event("update_started", deployment_id=dep_id, bundle=target)
+    broken.event("update_started", deployment_id=rid, bundle=target)
     broken.event(
         "update_failed",
-        deployment_id=dep_id,
+        deployment_id=rid,
         bundle=target,
         code="digest_mismatch",
         message="file 'model.onnx' has the wrong sha256",
     )
-    flaky.state(phase="trial", active=target, previous=OLD, on_trial=True, deployment_id=dep_id)
-    eventually(lambda: rows()[flaky.device_id]["phase"] == "trial")
-    assert rows()[flaky.device_id]["status"] == "in_progress"  # the trial may still fail
+    flaky.state(phase="trial", active=target, previous=OLD, on_trial=True, deployment_id=rid)
+    eventually(lambda: rows()[flaky.device_id]["state"] == "on_trial")
     reason = "error rate 0.4 over 0.05"
-    flaky.event(
-        "rolled_back", deployment_id=dep_id, bundle=target, code="error_rate", message=reason
-    )
+    flaky.event("rolled_back", deployment_id=rid, bundle=target, code="error_rate", message=reason)
     flaky.state(
-        phase="failed", active=OLD, deployment_id=dep_id, error=ErrorInfo("error_rate", reason)
+        phase="failed", active=OLD, deployment_id=rid, error=ErrorInfo("error_rate", reason)
     )
+    # A download failure is retried with a new generation (the device would not retry
+    # a generation that failed); a bad digest is not.
+    retry_watch = Watcher(mqtt_broker, topic(retry.device_id, "down", "desired"))
+    try:
+        retry.event("update_failed", deployment_id=rid, bundle=target, code="download")
+        assert retry_watch.wait(
+            lambda msgs: {parse_desired(m[1]).generation for m in msgs} >= {1, 2}, timeout=10
+        )
+    finally:
+        retry_watch.close()
+    eventually(lambda: rows()[retry.device_id]["attempts"] == 2)
+    retry.state(phase="idle", active=target, previous=OLD, deployment_id=rid, generation=2)
 
-    eventually(lambda: rows()[flaky.device_id]["status"] == "failed")
-    eventually(lambda: rows()[ok.device_id]["status"] == "succeeded")
+    eventually(lambda: rows()[flaky.device_id]["state"] == "rolled_back")
+    eventually(lambda: rows()[ok.device_id]["state"] == "committed")
+    eventually(lambda: rows()[retry.device_id]["state"] == "committed")
+    # The late device never answers: its execution times out, and the wave, with 2 of 5
+    # committed, stays below its success threshold: the rollout pauses and says why.
+    eventually(lambda: rows()[late.device_id]["state"] == "timed_out", timeout=15)
     final = rows()
-    assert final[broken.device_id]["status"] == "failed"
+    assert final[broken.device_id]["state"] == "failed"
     assert final[broken.device_id]["reason"] == {
         "code": "digest_mismatch",
         "message": "file 'model.onnx' has the wrong sha256",
     }
     assert final[flaky.device_id]["reason"]["code"] == "error_rate"
-    assert final[late.device_id]["status"] == "pending"
-    summary = api.get(f"/deployments/{dep_id}").json()
-    assert summary["counts"] == {
-        "pending": 1,
-        "in_progress": 0,
-        "succeeded": 1,
-        "failed": 2,
-        "superseded": 0,
+    assert final[late.device_id]["reason"]["code"] == "timeout"
+    summary = eventually(
+        lambda: (r := api.get(f"/rollouts/{rid}").json())["status"] == "paused" and r
+    )
+    assert "2 of 5 devices committed" in summary["reason"]
+    assert {k: v for k, v in summary["counts"].items() if v} == {
+        "committed": 2,
+        "failed": 1,
+        "rolled_back": 1,
+        "timed_out": 1,
     }
-    assert summary["status"] == "in_progress"
     seen = api.get(f"/devices/{ok.device_id}").json()
     assert seen["active_bundle"]["version"] == "1.0.0"
     assert seen["previous_bundle"]["version"] == "0.9.0"
-    flaky_seen = api.get(f"/devices/{flaky.device_id}").json()
-    assert flaky_seen["last_error"]["code"] == "error_rate"
+    assert seen["rollout_id"] == rid
+    assert api.get(f"/devices/{flaky.device_id}").json()["last_error"]["code"] == "error_rate"
 
-    # Retargeting the late device supersedes its open row; the first deployment is done.
-    second = api.post(
-        "/deployments", json={"bundle": str(bundle["id"]), "devices": [late.device_id]}
-    ).json()
-    assert rows()[late.device_id]["status"] == "superseded"
-    first = api.get(f"/deployments/{dep_id}").json()
-    assert first["status"] == "failed" and first["counts"]["failed"] == 2
-    late.state(active=target, deployment_id=second["id"], generation=2)
-    eventually(lambda: api.get(f"/deployments/{second['id']}").json()["status"] == "completed")
-    listed = {d["id"]: d["status"] for d in api.get("/deployments").json()}
-    assert listed == {dep_id: "failed", second["id"]: "completed"}
-    assert api.get(f"/devices/{late.device_id}").json()["generation"] == 2
+    # The late device comes back after its time-out and still converges.
+    late.state(active=target, previous=OLD, deployment_id=rid, generation=1)
+    eventually(lambda: rows()[late.device_id]["state"] == "committed")
+
+
+def test_a_newer_rollout_supersedes_a_device_still_working_on_an_older_one(
+    controller: tuple[ControllerServer, httpx.Client],
+    devices: Callable[[str], FakeDevice],
+    tmp_path: Path,
+) -> None:
+    _, api = controller
+    bundle = _build_bundle(api, tmp_path)
+    busy = devices("busy")
+    busy.state()
+    eventually(lambda: api.get(f"/devices/{busy.device_id}").status_code == 200)
+    body = {"bundle": bundle["manifest_sha256"], "devices": [busy.device_id], "start": True}
+    first = api.post("/rollouts", json=body).json()["id"]
+
+    def row(rid: str) -> dict[str, Any]:
+        return api.get(f"/rollouts/{rid}/devices").json()[0]  # type: ignore[no-any-return]
+
+    eventually(lambda: row(first)["state"] == "notified")
+    busy.state(phase="downloading", deployment_id=first, generation=1)
+    eventually(lambda: row(first)["state"] == "downloading")
+    second = api.post("/rollouts", json=body).json()["id"]
+    eventually(lambda: row(second)["state"] == "notified")
+    assert row(first)["state"] == "canceled"
+    assert row(first)["reason"]["code"] == "superseded"
+    device = api.get(f"/devices/{busy.device_id}").json()
+    assert (device["generation"], device["rollout_id"]) == (2, second)
+    # Reports about the first rollout no longer move anything.
+    busy.event("update_failed", deployment_id=first, code="download", message="late news")
+    busy.state(active=BundleRef(bundle["manifest_sha256"], "classifier", "1.0.0"),
+               deployment_id=second, generation=2)  # fmt: skip
+    eventually(lambda: row(second)["state"] == "committed")
+    assert row(first)["state"] == "canceled"
+    # Both finish: the first has nothing left of its own to judge.
+    eventually(
+        lambda: (
+            {r["id"]: r["status"] for r in api.get("/rollouts").json()}
+            == {first: "completed", second: "completed"}
+        )
+    )
 
 
 def _bad_messages(device_id: str) -> list[tuple[str, bytes, str]]:
@@ -430,17 +482,16 @@ def test_two_replicas_split_the_ingest_and_agree_on_one_database(
         assert all(share > 0 for share in shares), shares  # both replicas took a share
         assert stored_windows(apis[0]) == 200  # each window once, whoever stored it
 
-        # Deployed through one replica, reported through whichever: one truth.
+        # Rolled out through one replica, reported through whichever: one truth.
         ids = [d.device_id for d in fleet]
-        dep = apis[0].post("/deployments", json={"bundle": str(bundle["id"]), "devices": ids})
-        dep_id = dep.json()["id"]
+        body = {"bundle": str(bundle["id"]), "devices": ids, "start": True}
+        rid = apis[0].post("/rollouts", json=body).json()["id"]
+        eventually(lambda: apis[1].get(f"/rollouts/{rid}").json()["counts"]["notified"] == 4)
         for device in fleet:
-            device.state(active=target, deployment_id=dep_id, generation=1)
+            device.state(active=target, deployment_id=rid, generation=1)
 
         def completed_everywhere() -> bool:
-            return all(
-                a.get(f"/deployments/{dep_id}").json()["status"] == "completed" for a in apis
-            )
+            return all(a.get(f"/rollouts/{rid}").json()["status"] == "completed" for a in apis)
 
         eventually(completed_everywhere)
     finally:
@@ -462,11 +513,12 @@ def test_the_controller_rides_out_a_broker_restart(
         fresh_broker.stop()
         eventually(lambda: api.get("/health").json()["broker_connected"] is False)
 
-        # Deployed while the broker is down: the desired state goes out once it is back.
+        # Rolled out while the broker is down: the desired state goes out once it is back.
         deployed = api.post(
-            "/deployments", json={"bundle": str(bundle["id"]), "devices": ["phoenix"]}
+            "/rollouts", json={"bundle": str(bundle["id"]), "devices": ["phoenix"], "start": True}
         )
         assert deployed.status_code == 201, deployed.text
+        eventually(lambda: api.get("/devices/phoenix").json()["generation"] == 1)
         fresh_broker.start()
         assert server.wait_broker_connected(20)
         watcher = Watcher(fresh_broker, topic("phoenix", "down", "desired"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -13,16 +14,23 @@ from controller.rollout_engine import (
     QUEUED,
     ROLLED_BACK,
     TIMED_OUT,
+    GateMetrics,
+    RolloutState,
+    assign_waves,
+    plan_abort,
+    plan_tick,
+    resume,
+    state_after_rollback,
+    wave_sizes,
+)
+from controller.rollout_policy import (
     AbortCriterion,
     ExponentialRate,
-    GateMetrics,
     RolloutPolicy,
-    RolloutState,
     Waves,
     WaveStep,
-    assign_waves,
-    plan_tick,
-    wave_sizes,
+    policy_from_dict,
+    policy_to_dict,
 )
 
 WAVES = Waves(
@@ -188,3 +196,91 @@ def test_exponential_rate_grows_and_is_smooth() -> None:
     assert 8 <= notified_at[9] <= 11
     assert 2.5 <= notified_at[19] - notified_at[9] <= 6
     assert notified_at[-1] < 40
+
+
+def test_resume_after_a_gate_needs_new_evidence_before_the_gate_fires_again() -> None:
+    gate = AbortCriterion("failure_share", threshold=0.2, min_finished=5)
+    sim = Sim(RolloutPolicy(replace(WAVES, success_threshold=0.5), abort=(gate,)))
+    first = sim.tick(0).notify
+    sim.finish(first[:3], ROLLED_BACK, now=1)
+    sim.finish(first[3:], COMMITTED, now=1)
+    sim.tick(2)
+    assert sim.state.status == "paused" and "3 of 10" in sim.state.reason
+    sim.state = resume(sim.policy, sim.state, list(sim.devices.values()), GateMetrics())
+    assert sim.state.status == "running" and sim.state.acknowledged["failure_share"] == 10
+    second = sim.tick(20).notify  # the gate stays quiet on the same evidence
+    assert sim.state.status == "running" and len(second) == 40
+    sim.finish(second[:4], COMMITTED, now=21)
+    sim.tick(22)
+    assert sim.state.status == "running"  # 4 new samples < min_finished 5
+    sim.finish(second[4:6], ROLLED_BACK, now=23)
+    sim.tick(24)
+    assert sim.state.status == "paused" and "5 of 16" in sim.state.reason
+
+
+def test_resume_lets_a_wave_below_its_success_threshold_through() -> None:
+    sim = Sim(RolloutPolicy(replace(WAVES, success_threshold=0.9)))
+    first = sim.tick(0).notify
+    sim.finish(first[:7], now=1)
+    sim.finish(first[7:], ROLLED_BACK, now=1)
+    sim.tick(20)
+    assert sim.state.status == "paused"
+    sim.state = resume(sim.policy, sim.state, list(sim.devices.values()), GateMetrics())
+    assert len(sim.tick(21).notify) == 40
+
+
+def test_a_paused_rollout_still_times_out_hung_devices_but_notifies_nobody() -> None:
+    sim = Sim(RolloutPolicy(WAVES, in_progress_timeout_s=60))
+    first = sim.tick(0).notify
+    sim.state = replace(sim.state, status="paused", reason="operator")
+    plan = sim.tick(61)
+    assert set(plan.timed_out) == set(first) and plan.notify == () and plan.retry == ()
+
+
+def test_operator_abort_cancels_the_queue_and_rolls_back_only_when_asked() -> None:
+    sim = Sim(POLICY)
+    first = sim.tick(0).notify
+    devices = list(sim.devices.values())
+    stop = plan_abort(sim.state, devices, "operator", roll_back=False)
+    assert stop.state.status == "aborted" and stop.roll_back == () and len(stop.cancel) == 190
+    back = plan_abort(sim.state, devices, "operator", roll_back=True)
+    assert set(back.roll_back) == set(first)
+    assert state_after_rollback(COMMITTED) == ROLLED_BACK
+    assert state_after_rollback(NOTIFIED) == "canceled"
+    assert state_after_rollback(FAILED) == FAILED
+
+
+@pytest.mark.parametrize(
+    ("kind", "metrics", "fires"),
+    [
+        ("input_drift", GateMetrics(input_drift_share=0.3, drift_samples=500), True),
+        ("input_drift", GateMetrics(input_drift_share=0.3, drift_samples=50), False),
+        ("input_drift", GateMetrics(prediction_drift_share=0.9, drift_samples=500), False),
+        ("prediction_drift", GateMetrics(prediction_drift_share=0.5, drift_samples=500), True),
+    ],
+)
+def test_drift_gates(kind: str, metrics: GateMetrics, fires: bool) -> None:
+    criterion = AbortCriterion(kind, threshold=0.2, min_finished=100)  # type: ignore[arg-type]
+    sim = Sim(RolloutPolicy(WAVES, abort=(criterion,)))
+    sim.tick(0)
+    sim.tick(1, metrics)
+    assert (sim.state.status == "paused") is fires
+    if fires:
+        assert "drift on" in sim.state.reason
+
+
+def test_policy_round_trips_through_its_stored_form() -> None:
+    policies = [
+        RolloutPolicy(
+            WAVES,
+            abort=(AbortCriterion("latency_ratio", 1.5, 5, "abort"),),
+            in_progress_timeout_s=30,
+            max_retries=1,
+            retry_backoff_s=2,
+            retry_codes=frozenset({"download", "internal"}),
+        ),
+        RolloutPolicy(ExponentialRate(10, 1.5, 20, "succeeded")),
+    ]
+    for policy in policies:
+        stored = json.loads(json.dumps(policy_to_dict(policy)))
+        assert policy_from_dict(stored) == policy

@@ -4,7 +4,8 @@ from collections import Counter
 
 import numpy as np
 
-from agent.telemetry import TelemetryWindow, bucket_of, percentile
+from agent.telemetry import TelemetryWindow
+from firmware_bundles.latency_histogram import bucket_of, percentile
 
 
 def test_percentiles_are_within_two_percent_of_exact() -> None:

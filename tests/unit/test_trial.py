@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.telemetry import bucket_of
 from agent.trial import TrialCounts, TrialPolicy, judge_trial
 from firmware_bundles.errors import WireError
+from firmware_bundles.latency_histogram import bucket_of
 
 POLICY = TrialPolicy(
     min_inferences=20,

@@ -48,6 +48,8 @@ def test_round_trips() -> None:
     assert parse_event(event.to_bytes()) == event
     tele = Telemetry("dev-1", 7, 1.0, 6.0, 10, 1, 0.5, 0.9, 1.2, REF)
     assert parse_telemetry(tele.to_bytes()) == tele
+    with_histogram = Telemetry("dev-1", 8, 6.0, 9.0, 10, 1, 0.5, 0.9, 1.2, REF, {210: 6, 230: 3})
+    assert parse_telemetry(with_histogram.to_bytes()) == with_histogram
     assert parse_status(Status(True, 3.0).to_bytes()) == Status(True, 3.0)
 
 
@@ -96,6 +98,28 @@ def test_bad_payloads_raise_wire_error(parse, payload: bytes, message: str) -> N
 def test_telemetry_wrong_types(payload: bytes, message: str) -> None:
     with pytest.raises(WireError, match=message):
         parse_telemetry(payload)
+
+
+_WINDOW = '"schema":1,"device_id":"d","seq":1,"window_start":0,"window_end":1,"error_count":0'
+
+
+@pytest.mark.parametrize(
+    ("histogram", "count", "message"),
+    [
+        ("[1, 2]", 5, "must be an object"),
+        ('{"x": 1}', 5, "bucket 'x'"),
+        ('{"-1": 1}', 5, "bucket '-1'"),
+        ('{"99999": 1}', 5, "bucket '99999'"),
+        ('{"10": -1}', 5, "count >= 0"),
+        ('{"10": 1.5}', 5, "count >= 0"),
+        ('{"10": true}', 5, "count >= 0"),
+        ('{"10": 4, "11": 2}', 5, "more than inference_count 5"),
+    ],
+)
+def test_telemetry_histogram_is_checked(histogram: str, count: int, message: str) -> None:
+    payload = f'{{{_WINDOW},"inference_count":{count},"latency_histogram":{histogram}}}'
+    with pytest.raises(WireError, match=message):
+        parse_telemetry(payload.encode())
 
 
 @pytest.mark.parametrize("bad", ["", "Dev", "dev/1", "dev+", "#", "-dev", "a" * 64, "dév"])

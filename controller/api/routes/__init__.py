@@ -5,15 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from controller.api.routes import (
+    audit,
     blobs,
     bundles,
     compression_jobs,
-    deployments,
     devices,
     health,
     models,
+    rollouts,
 )
 
 api_router = APIRouter()
-for module in (health, models, bundles, devices, deployments, blobs, compression_jobs):
+for module in (health, models, bundles, devices, rollouts, audit, blobs, compression_jobs):
     api_router.include_router(module.router)

@@ -1,0 +1,122 @@
+"""Model-health figures for a rollout's gates, from the telemetry its devices send.
+
+- Error rate: errors / inferences of the new bundle on the rollout's devices since the
+  rollout started (counts add exactly across windows and devices).
+- Latency ratio: p95 of the new bundle against p95 of the *same devices'* previous
+  bundle, each read off the merged latency histograms (exact merging; averaging
+  per-window p95s would not be). Only devices with enough inferences on both models
+  count, so a device class that is simply slower does not skew the figure.
+
+Nothing here decides: :mod:`controller.rollout_engine` judges the figures.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from controller.models import Rollout, RolloutDevice, TelemetryWindow
+from controller.rollout_engine import GateMetrics
+from firmware_bundles import latency_histogram as lh
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    # How far before the rollout the previous model's telemetry is read.
+    latency_lookback_s: float = 3600.0
+    # Inferences a device needs on each model before its latencies count.
+    latency_min_inferences: int = 10
+
+
+def _error_counts(session: Session, rollout: Rollout, since: float) -> tuple[int, int]:
+    query = (
+        sa.select(
+            sa.func.coalesce(sa.func.sum(TelemetryWindow.inference_count), 0),
+            sa.func.coalesce(sa.func.sum(TelemetryWindow.error_count), 0),
+        )
+        .join(
+            RolloutDevice,
+            sa.and_(
+                RolloutDevice.device_id == TelemetryWindow.device_id,
+                RolloutDevice.rollout_id == rollout.id,
+            ),
+        )
+        .where(TelemetryWindow.bundle_sha256 == rollout.bundle.manifest_sha256)
+        .where(TelemetryWindow.window_end >= since)
+    )
+    inferences, errors = session.execute(query).one()
+    return int(inferences), int(errors)
+
+
+def _latency_ratio(
+    session: Session, rollout: Rollout, since: float, settings: GateSettings
+) -> tuple[float | None, int]:
+    target = rollout.bundle.manifest_sha256
+    query = (
+        sa.select(
+            TelemetryWindow.device_id,
+            TelemetryWindow.bundle_sha256,
+            TelemetryWindow.latency_histogram,
+        )
+        .join(
+            RolloutDevice,
+            sa.and_(
+                RolloutDevice.device_id == TelemetryWindow.device_id,
+                RolloutDevice.rollout_id == rollout.id,
+            ),
+        )
+        .where(RolloutDevice.previous_sha256.is_not(None))
+        .where(
+            sa.or_(
+                TelemetryWindow.bundle_sha256 == target,
+                TelemetryWindow.bundle_sha256 == RolloutDevice.previous_sha256,
+            )
+        )
+        .where(TelemetryWindow.window_end >= since - settings.latency_lookback_s)
+        .where(TelemetryWindow.latency_histogram.is_not(None))
+    )
+    new: dict[str, dict[int, int]] = defaultdict(dict)
+    old: dict[str, dict[int, int]] = defaultdict(dict)
+    for device_id, bundle_sha, raw in session.execute(query):
+        histogram = lh.parse_histogram(raw, "stored latency histogram")
+        into = new if bundle_sha == target else old
+        into[device_id] = lh.merge((into[device_id], histogram))
+    floor = settings.latency_min_inferences
+    devices = [
+        d for d in new if sum(new[d].values()) >= floor and sum(old.get(d, {}).values()) >= floor
+    ]
+    if not devices:
+        return None, 0
+    p95_new = lh.percentile(lh.merge(new[d] for d in devices), 0.95)
+    p95_old = lh.percentile(lh.merge(old[d] for d in devices), 0.95)
+    if p95_new is None or not p95_old:
+        return None, 0
+    return p95_new / p95_old, len(devices)
+
+
+def gate_metrics(session: Session, rollout: Rollout, settings: GateSettings) -> GateMetrics:
+    """The new bundle's health on ``rollout``'s devices, as of now."""
+    if rollout.started_at is None:
+        return GateMetrics()
+    inferences, errors = _error_counts(session, rollout, rollout.started_at)
+    ratio, latency_devices = _latency_ratio(session, rollout, rollout.started_at, settings)
+    return GateMetrics(
+        error_rate=errors / inferences if inferences else None,
+        error_samples=inferences,
+        latency_ratio=ratio,
+        latency_devices=latency_devices,
+    )
+
+
+def metrics_to_dict(metrics: GateMetrics) -> dict[str, float | int | str | None]:
+    return dict(metrics.__dict__)
+
+
+def metrics_from_dict(data: dict[str, object] | None) -> GateMetrics:
+    if not data:
+        return GateMetrics()
+    known = GateMetrics.__dataclass_fields__
+    return GateMetrics(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
