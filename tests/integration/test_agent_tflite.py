@@ -5,6 +5,7 @@ telemetry and drift windows, exactly as for ONNX bundles."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,16 +15,16 @@ from agent.http_api import InferenceHTTPServer
 from edgefleet.cli import main as edgefleet
 from firmware_bundles.builder import BuiltBundle
 from firmware_bundles.bundle_dir import verify_bundle_dir
-from firmware_bundles.golden import encode_arrays
+from firmware_bundles.golden import decode_arrays, encode_arrays
 from firmware_bundles.keys import load_trusted_keys
 from firmware_bundles.wire import parse_drift, parse_event, parse_telemetry, topic
 from tests.agent_harness import deploy, last_state, wait_until
+from tests.integration.conftest import Start
 from tests.mqtt_tools import Watcher
 from tests.tflite_models import mlp_reference, mlp_tflite, mlp_weights
 
-pytestmark = pytest.mark.broker
 
-
+@pytest.mark.broker
 def test_cli_builds_a_tflite_bundle_that_an_agent_health_checks_and_serves(
     mqtt_broker,
     blobs,
@@ -98,6 +99,7 @@ def test_cli_builds_a_tflite_bundle_that_an_agent_health_checks_and_serves(
     assert state is not None and state.active is not None and state.error is None
 
 
+@pytest.mark.broker
 def test_a_tflite_bundle_whose_model_breaks_fails_its_health_check(
     mqtt_broker,
     blobs,
@@ -136,3 +138,31 @@ def test_a_tflite_bundle_whose_model_breaks_fails_its_health_check(
         )
     )
     assert agent.active_bundle is None
+
+
+def test_the_controller_builds_a_tflite_bundle_from_an_uploaded_model(
+    controller: Start, tmp_path: Path
+) -> None:
+    """Model upload and bundle build on the controller, on SQLite and PostgreSQL."""
+    api = controller()
+    weights = mlp_weights(seed=2, softmax=True)
+    model = mlp_tflite(tmp_path / "clf.tflite", weights)
+    assert api.post("/models", json={"name": "clf"}).status_code == 201
+    uploaded = api.post(
+        "/models/clf/versions",
+        data={"version": "1.0.0"},
+        files={"file": (model.name, model.read_bytes())},
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    assert uploaded.json()["runtime"] == "tflite"
+    built = api.post("/bundles", json={"model": "clf", "version": "1.0.0", "bundle_version": "1"})
+    assert built.status_code == 201, built.text
+    manifest = built.json()["manifest"]
+    assert manifest["runtime"] == "tflite"
+    assert [f["name"] for f in manifest["files"] if f["role"] == "model"] == ["model.tflite"]
+    assert manifest["inputs"] == [{"name": "x", "dtype": "float32", "shape": [None, 8]}]
+    # The golden outputs the controller computed are the interpreter's, i.e. numpy's.
+    golden = {f["role"]: f for f in manifest["files"]}
+    inputs = decode_arrays(api.get(f"/blobs/{golden['golden_inputs']['sha256']}").content)
+    outputs = decode_arrays(api.get(f"/blobs/{golden['golden_outputs']['sha256']}").content)
+    np.testing.assert_allclose(outputs["probs"], mlp_reference(weights, inputs["x"]), atol=1e-5)

@@ -22,42 +22,15 @@ from controller.compression_job_model import RUNNING, CompressionJob
 from controller.compression_worker import CompressionWorker, WorkerLimits
 from controller.db import create_schema, make_engine, make_sessionmaker
 from controller.models import utcnow
-from controller.server import ControllerServer
 from controller.services import compression_jobs as jobs
 from controller.services import model_registry
-from controller.settings import Settings
 from firmware_bundles.golden import encode_arrays
+from tests.integration.conftest import Start
 from tests.models import mlp
 from tests.tflite_models import mlp_tflite
 
 Api = httpx.Client
-Start = Callable[..., Api]
 FINAL = ("succeeded", "failed")
-
-
-@pytest.fixture()
-def controller(database_url: str, tmp_path: Path) -> Iterator[Start]:
-    """Start controllers without a broker (compression needs none); stop them after."""
-    started: list[tuple[ControllerServer, Api]] = []
-
-    def start(**env: str) -> Api:
-        settings = Settings.from_env(
-            {
-                "EDGEFLEET_DATA_DIR": str(tmp_path / f"controller-{len(started)}"),
-                "EDGEFLEET_DATABASE_URL": database_url,
-                "EDGEFLEET_COMPRESSION_POLL_S": "0.1",
-                **env,
-            }
-        )
-        server = ControllerServer(settings, start_bridge=False).start()
-        api = httpx.Client(base_url=server.api_url, timeout=60)
-        started.append((server, api))
-        return api
-
-    yield start
-    for server, api in started:
-        api.close()
-        server.stop()
 
 
 def register(api: Api, tmp_path: Path, name: str = "clf", hidden: int = 64) -> Path:
