@@ -12,6 +12,9 @@ of ``("done", report)`` or ``("failed", error, report_or_None)``.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -93,9 +96,23 @@ def run_job(
     return result.to_dict()
 
 
+# How often the child checks that the replica that started it is still alive.
+ORPHAN_CHECK_S = 0.5
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """End this process once its parent is gone (a killed replica): nobody would read
+    the result, and the job's lease expiring hands it to another replica anyway."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(3)
+
+
 def child_main(payload: dict[str, Any], conn: Connection) -> None:
     """Entry point of the spawned process: run the job, report on ``conn``, exit."""
     from compress.errors import CompressError, ConstraintsNotMetError
+
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
     def path(key: str) -> Path | None:
         value = payload.get(key)

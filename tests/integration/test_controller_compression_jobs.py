@@ -6,6 +6,8 @@ the result is a new model version whose bundles carry the report in their manife
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -231,15 +233,17 @@ def _model_version(replica: Replica, tmp_path: Path) -> None:
         )
 
 
-def _submit(replica: Replica, target: str) -> str:
+def _submit(
+    replica: Replica, target: str, method: str = "fp16", options: dict[str, Any] | None = None
+) -> str:
     with replica.sessions() as session:
         job = jobs.submit_job(
             session,
             replica.store,
             name="clf",
             version="1.0.0",
-            method="fp16",
-            options={"runs": 0},
+            method=method,
+            options={"runs": 0} if options is None else options,
             target_version=target,
             calibration=None,
             evaluation=None,
@@ -328,3 +332,33 @@ def test_a_job_that_keeps_killing_its_replica_is_given_up(
         assert jobs.claim_next(session, "r", later, lease_s=1, max_attempts=2) is None
         job = jobs.get_job(session, job_id)
     assert job.state == "failed" and "gave up after 2 attempt(s)" in (job.error or "")
+
+
+def test_a_replica_killed_mid_job_leaves_it_to_another_after_the_lease(
+    replicas: Callable[[str], Replica], database_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL a real replica process while its job runs; another replica finishes it."""
+    alive = replicas("alive", lease_s=30.0)
+    _model_version(alive, tmp_path)
+    _submit(alive, "c0", "auto", {"runs": 20, "max_latency_ratio": None})
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "tests.compression_replica", database_url,
+         str(tmp_path / "blobs"), str(tmp_path / "work" / "doomed"), "doomed", "2"],
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    try:
+        _wait(lambda: (j := _jobs(alive)[0]).state == RUNNING and j.lease_owner == "doomed")
+        doomed.kill()  # the replica dies mid-job: nobody renews the lease any more
+        doomed.wait(10)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+    (job,) = _jobs(alive)
+    assert job.state == RUNNING and job.lease_owner == "doomed" and job.attempts == 1
+    _wait(lambda: alive.worker.run_once(), timeout=30)  # claimable once the lease expired
+    (job,) = _jobs(alive)
+    assert job.state == "succeeded" and job.attempts == 2, job.error
+    assert job.report is not None and job.report["chosen"]["name"]
+    with alive.sessions() as session:
+        versions = model_registry.get_model(session, "clf").versions
+    assert sorted(v.version for v in versions) == ["1.0.0", "c0"]
