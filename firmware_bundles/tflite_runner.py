@@ -33,6 +33,8 @@ from firmware_bundles.runtimes import RuntimeLoadError
 # Module holding ``Interpreter``, in order of preference.
 BACKENDS = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 DEFAULT_POOL_SIZE = 2
+# A caller waiting for a free interpreter re-checks the pool this often.
+_WAIT_S = 0.1
 
 _DTYPES = {
     np.dtype(name): name
@@ -130,23 +132,27 @@ class TfliteRunner:
         return module.Interpreter(model_path=str(path), num_threads=self._threads)
 
     def _take(self) -> _Slot:
-        try:
-            return self._free.get_nowait()
-        except queue.Empty:
-            pass
-        with self._grow_lock:
-            grow = self._created < self._pool_size
-            if grow:
-                self._created += 1
-        if not grow:
-            return self._free.get()  # wait for a busy interpreter to come back
-        try:
-            module = importlib.import_module(self.backend)
-            return _Slot(self._construct(module, self._path))
-        except Exception:
+        while True:
+            try:
+                return self._free.get_nowait()
+            except queue.Empty:
+                pass
             with self._grow_lock:
-                self._created -= 1
-            raise
+                grow = self._created < self._pool_size
+                if grow:
+                    self._created += 1
+            if grow:
+                try:
+                    module = importlib.import_module(self.backend)
+                    return _Slot(self._construct(module, self._path))
+                except Exception:
+                    with self._grow_lock:
+                        self._created -= 1
+                    raise
+            try:  # wait for a busy interpreter to come back ...
+                return self._free.get(timeout=_WAIT_S)
+            except queue.Empty:
+                continue  # ... or for a failed one to free its place in the pool
 
     def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         """Run one inference; safe from several threads (see the module docstring).

@@ -123,3 +123,16 @@ def test_load_runner_picks_tflite_for_the_tflite_runtime(tmp_path: Path) -> None
     # the preferred backend wins whenever it is importable
     if importlib.util.find_spec("ai_edge_litert") is not None:
         assert runner.backend == LITERT
+
+
+def test_an_interpreter_that_failed_mid_call_is_replaced(tmp_path: Path) -> None:
+    weights = mlp_weights(seed=5)
+    runner = TfliteRunner(mlp_tflite(tmp_path / "m.tflite", weights), pool_size=1)
+    with pytest.raises(TfliteRunError, match="TFLite inference failed"):
+        runner.run({"x": np.array([["not a number"] * 8])})
+    assert runner._created == 0  # the failed one left the pool
+    x = np.ones((2, 8), np.float32)
+    np.testing.assert_allclose(
+        runner.run({"x": x})["logits"], mlp_reference(weights, x), rtol=1e-5, atol=1e-5
+    )
+    assert runner._created == 1
