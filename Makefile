@@ -4,7 +4,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean test-tflite-runtime
 
 $(STAMP): pyproject.toml
 	scripts/system-deps.sh demo
@@ -20,6 +20,10 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+# The fallback TFLite backend (tflite-runtime 2.14, numpy < 2) in a venv of its own.
+test-tflite-runtime:
+	scripts/check-tflite-runtime.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -31,4 +35,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/agent_overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-tflite-runtime .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from typing import Any
 import tomllib
 
 from agent.errors import AgentError
+from agent.fetch import DEFAULT_MAX_BLOB_BYTES
 from firmware_bundles.wire import check_device_id
 
 
@@ -32,6 +33,8 @@ class AgentConfig:
     max_request_bytes: int = 16 << 20
     outbox_max_messages: int = 5000
     outbox_max_bytes: int = 20 << 20
+    # Largest bundle file (as downloaded or once decoded) this device accepts.
+    max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
     outbox_fsync: bool = True  # simulated fleets turn it off: thousands of "disks" share one
 
     def __post_init__(self) -> None:

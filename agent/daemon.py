@@ -80,6 +80,7 @@ class Agent:
             http_timeout=config.http_timeout_s,
             runner_factory=runner_factory,
             downloader=downloader,
+            max_blob_bytes=config.max_blob_bytes,
         )
         self._phase_hook = phase_hook
         self.outbox = Outbox(

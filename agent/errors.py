@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from firmware_bundles.blob_encoding import DecodeError
 from firmware_bundles.errors import (
     BundleError,
     DigestMismatchError,
@@ -39,6 +40,7 @@ class InvalidInputError(AgentError):
 _CODES: tuple[tuple[type[Exception], str], ...] = (
     (SignatureError, "signature"),
     (DigestMismatchError, "digest_mismatch"),
+    (DecodeError, "decode_failed"),
     (SizeMismatchError, "size_mismatch"),
     (ExpiredBundleError, "expired"),
     (RollbackError, "rollback_refused"),

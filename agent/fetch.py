@@ -3,6 +3,10 @@
 A partial download is kept as ``<sha256>.part``; the next attempt re-hashes what is
 there and asks only for the rest (``Range: bytes=N-``). Bytes past the size the
 manifest declares are refused as they arrive, so a hostile server cannot fill the disk.
+
+An encoded (zstd) blob is downloaded and verified as stored first, then decoded with a
+hard bound on its output into ``<decoded_sha256>`` (:func:`fetch_file`): nothing is
+decompressed before its bytes are proven to be the signed ones.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import urllib.request
 from pathlib import Path
 
 from agent.errors import UpdateError
+from firmware_bundles.blob_encoding import decode_file
 from firmware_bundles.errors import DigestMismatchError, SizeMismatchError
 from firmware_bundles.manifest import FileEntry
 from firmware_bundles.verify import BlobVerifier
 
 CHUNK = 1 << 16
+# Largest file (stored or decoded) an agent accepts, whatever a signed manifest declares.
+DEFAULT_MAX_BLOB_BYTES = 4 << 30
 
 
 def fetch_small(url: str, *, max_bytes: int, timeout: float) -> bytes:
@@ -80,6 +87,43 @@ def download_blob(base_url: str, entry: FileEntry, downloads: Path, *, timeout: 
         raise
     os.replace(part, done)
     return done
+
+
+def check_file_limit(entry: FileEntry, max_bytes: int) -> None:
+    """Refuse a file whose declared stored or decoded length is over ``max_bytes``.
+
+    A signed manifest is trusted about *which* bytes to install, not about how much disk
+    this device can give them.
+    """
+    largest = max(entry.size, entry.content_size)
+    if largest > max_bytes:
+        raise UpdateError(
+            "too_large",
+            f"{entry.name}: the manifest declares {largest} bytes, over this device's "
+            f"{max_bytes}-byte limit for one file",
+        )
+
+
+def fetch_file(base_url: str, entry: FileEntry, downloads: Path, *, timeout: float) -> Path:
+    """Download ``entry`` and return the path of the file to install (decoded if encoded).
+
+    Raises:
+        UpdateError: as :func:`download_blob`.
+        BundleError: the bytes, or the decoded bytes, do not match the manifest (the
+            stored blob and any partial output are deleted).
+    """
+    if not entry.encoded:
+        return download_blob(base_url, entry, downloads, timeout=timeout)
+    installed = downloads / entry.content_sha256
+    if installed.exists():
+        return installed
+    stored = download_blob(base_url, entry, downloads, timeout=timeout)
+    try:
+        decode_file(stored, entry, installed)
+    finally:
+        # Decoded, or it never will: the same signed bytes would fail the same way.
+        stored.unlink(missing_ok=True)
+    return installed
 
 
 def _stream_into(url: str, part: Path, checker: BlobVerifier, timeout: float) -> BlobVerifier:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.drift import DriftMonitor
 from agent.errors import UpdateError
-from agent.fetch import download_blob, fetch_small
+from agent.fetch import DEFAULT_MAX_BLOB_BYTES, check_file_limit, fetch_file, fetch_small
 from agent.health_check import run_health_check
 from agent.inference import ActiveModel
 from agent.slots import AgentState, SlotInfo, SlotStore
@@ -45,7 +45,7 @@ def default_runner_factory(manifest: Manifest, model_path: Path, threads: int) -
 def default_downloader(
     base_url: str, manifest: Manifest, entry: FileEntry, downloads: Path, timeout: float
 ) -> Path:
-    return download_blob(base_url, entry, downloads, timeout=timeout)
+    return fetch_file(base_url, entry, downloads, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,10 @@ class Updater:
         clock: Callable[[], datetime] = _utcnow,
         runner_factory: RunnerFactory = default_runner_factory,
         downloader: Downloader = default_downloader,
+        max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
     ) -> None:
         self.store = store
+        self.max_blob_bytes = max_blob_bytes
         self.trusted = trusted
         self.hardware_class = hardware_class
         self.threads = threads
@@ -152,9 +154,11 @@ class Updater:
                 f"bundle is for hardware classes {list(manifest.hardware_classes)}, "
                 f"this device is {self.hardware_class!r}",
             )
-        blobs: dict[str, Path] = {}
         for entry in manifest.files:
-            blobs[entry.sha256] = self.downloader(
+            check_file_limit(entry, self.max_blob_bytes)  # before any byte is fetched
+        blobs: dict[str, Path] = {}  # installed (decoded) sha256 -> file
+        for entry in manifest.files:
+            blobs[entry.content_sha256] = self.downloader(
                 base_url, manifest, entry, self.store.downloads, self.http_timeout
             )
 

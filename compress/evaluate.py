@@ -9,20 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import zstandard
-
 from compress.agreement import compare_outputs
 from compress.inputs import Array, EvalSet
 from compress.measurements import ZSTD_LEVEL, Evaluation, LatencyResult, SizeMetrics
 from compress.sessions import create_session, measure_latency, run_eval_set
+from firmware_bundles.blob_encoding import zstd_compress
 
 DEFAULT_RUNS = 50
 DEFAULT_THREADS: tuple[int, ...] = (1,)
 
 
 def zstd_size(data: bytes, level: int = ZSTD_LEVEL) -> int:
-    """Length of ``data`` once zstd-compressed at ``level``."""
-    return len(zstandard.ZstdCompressor(level=level).compress(data))
+    """Length of ``data`` once zstd-compressed at ``level`` (as a bundle stores it)."""
+    return len(zstd_compress(data, level))
 
 
 @dataclass

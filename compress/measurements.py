@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from compress.agreement import Agreement
+from firmware_bundles.blob_encoding import ZSTD_LEVEL as BUNDLE_ZSTD_LEVEL
 
-# Bundle blobs are zstd-compressed for download. On float weights the level hardly matters
-# (*measured*, 6.8 MB CNN: levels 3/10/19 gave 6,282,350/6,279,284/6,280,995 bytes, level
-# 19 taking 1.4 s against 0.03 s); zeros from pruning are what compress.
-ZSTD_LEVEL = 10
+# Bundle blobs are zstd-compressed for download (firmware_bundles.blob_encoding). On float
+# weights the level hardly matters (*measured*, 6.8 MB CNN: levels 3/10/19 gave
+# 6,282,350/6,279,284/6,280,995 bytes, level 19 taking 1.4 s against 0.03 s); zeros from
+# pruning are what compress. Sizes are reported at the level bundles use.
+ZSTD_LEVEL = BUNDLE_ZSTD_LEVEL
 
 
 @dataclass(frozen=True)

@@ -214,6 +214,7 @@ def validate_step(step: Step) -> dict[str, Any]:
 
     Raises:
         UnknownMethodError: Unknown pass kind or option name.
+        CompressError: A sparsity outside [0, 1).
     """
     kind = PASSES.get(step.kind)
     if kind is None:
@@ -225,7 +226,17 @@ def validate_step(step: Step) -> dict[str, Any]:
         raise UnknownMethodError(
             f"pass {step.kind!r} has no option(s) {unknown}; it accepts {sorted(kind.defaults)}"
         )
-    return {**kind.defaults, **step.options}
+    merged = {**kind.defaults, **step.options}
+    sparsity = merged.get("sparsity")
+    if sparsity is not None and (
+        isinstance(sparsity, bool)
+        or not isinstance(sparsity, (int, float))
+        or not 0.0 <= sparsity < 1.0
+    ):
+        raise CompressError(
+            f"option 'sparsity' of pass {step.kind!r} must be in [0, 1), got {sparsity!r}"
+        )
+    return merged
 
 
 def recipe_for_method(method: str, **options: Any) -> Recipe:

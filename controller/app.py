@@ -18,6 +18,7 @@ from controller.api.deps import Runtime
 from controller.api.errors import install_error_handlers
 from controller.api.routes import api_router
 from controller.blobstore import BlobStore
+from controller.compression_worker import CompressionWorker, WorkerLimits
 from controller.db import create_schema, make_engine, make_sessionmaker
 from controller.ingest import IngestWorker
 from controller.release_keys import load_release_keys
@@ -73,6 +74,19 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
             keepalive_s=settings.mqtt_keepalive_s,
             session_expiry_s=settings.mqtt_session_expiry_s,
         )
+    compression = CompressionWorker(
+        sessions,
+        store,
+        settings.data_dir / "compression-work",
+        WorkerLimits(
+            workers=settings.compression_workers,
+            lease_s=settings.compression_lease_s,
+            poll_s=settings.compression_poll_s,
+            max_attempts=settings.compression_max_attempts,
+            timeout_s=settings.compression_timeout_s,
+            max_output_bytes=settings.max_upload_bytes,
+        ),
+    )
     rollouts = RolloutWorker(
         sessions,
         bridge if bridge is not None else _NoBroker(),
@@ -101,6 +115,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         create_schema(engine)
         ingest.start()
+        compression.start()
         if bridge is not None:
             bridge.start()
         rollouts.start()
@@ -116,6 +131,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
             rollouts.stop()
             if bridge is not None:
                 bridge.stop()
+            compression.stop()
             ingest.stop()
             engine.dispose()
 
@@ -131,6 +147,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         reported_limit=settings.max_upload_bytes,
     )
     app.state.runtime = runtime
+    app.state.compression_worker = compression
     install_error_handlers(app, max_body_bytes=settings.max_upload_bytes)
     app.include_router(api_router, prefix=API_PREFIX)
     return app

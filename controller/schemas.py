@@ -106,6 +106,10 @@ class FileOut(BaseModel):
     role: str
     sha256: str
     size: int
+    # Set for a blob stored zstd-compressed: what the device installs after decoding.
+    encoding: str | None = None
+    decoded_sha256: str | None = None
+    decoded_size: int | None = None
 
 
 class BundleOut(BaseModel):
@@ -140,10 +144,16 @@ class BundleOut(BaseModel):
 
 class BundleDetail(BundleOut):
     manifest: dict[str, Any]
+    # The manifest's compression report (chosen recipe and candidate table), if any.
+    compression: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, row: m.Bundle) -> BundleDetail:
-        return cls(**BundleOut.of(row).model_dump(), manifest=row.manifest)
+        return cls(
+            **BundleOut.of(row).model_dump(),
+            manifest=row.manifest,
+            compression=row.manifest.get("compression"),
+        )
 
 
 class BundleRefOut(BaseModel):

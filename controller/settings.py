@@ -50,6 +50,14 @@ class Settings:
     mqtt_keepalive_s: int = 30
     # How long the broker keeps our session (and queues for it) after a drop.
     mqtt_session_expiry_s: int = 60
+    # Compression jobs (controller/compression_worker.py): worker threads on this replica
+    # (0: this replica runs none), lease a dead replica's job is held for, job limits.
+    compression_workers: int = 1
+    compression_lease_s: float = 30.0
+    compression_poll_s: float = 1.0
+    compression_max_queued: int = 16
+    compression_max_attempts: int = 3
+    compression_timeout_s: float = 3600.0
     # This replica's name in rollout leases and the audit log; "" -> the MQTT client id.
     replica_id: str = ""
     rollout_tick_s: float = 1.0
@@ -176,6 +184,24 @@ class Settings:
             ),
             mqtt_session_expiry_s=number(
                 "EDGEFLEET_MQTT_SESSION_EXPIRY_S", defaults.mqtt_session_expiry_s, int, 0
+            ),
+            compression_workers=number(
+                "EDGEFLEET_COMPRESSION_WORKERS", defaults.compression_workers, int, 0
+            ),
+            compression_lease_s=number(
+                "EDGEFLEET_COMPRESSION_LEASE_S", defaults.compression_lease_s, float, 1.0
+            ),
+            compression_poll_s=number(
+                "EDGEFLEET_COMPRESSION_POLL_S", defaults.compression_poll_s, float, 0.05
+            ),
+            compression_max_queued=number(
+                "EDGEFLEET_COMPRESSION_MAX_QUEUED", defaults.compression_max_queued, int, 1
+            ),
+            compression_max_attempts=number(
+                "EDGEFLEET_COMPRESSION_MAX_ATTEMPTS", defaults.compression_max_attempts, int, 1
+            ),
+            compression_timeout_s=number(
+                "EDGEFLEET_COMPRESSION_TIMEOUT_S", defaults.compression_timeout_s, float, 1.0
             ),
             replica_id=replica_id,
             rollout_tick_s=number("EDGEFLEET_ROLLOUT_TICK_S", defaults.rollout_tick_s, float, 0.01),

@@ -13,11 +13,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_bundles.blob_encoding import MIN_ENCODE_BYTES, encode_entry
 from firmware_bundles.dsse import sign_envelope
 from firmware_bundles.errors import ManifestError
 from firmware_bundles.manifest import (
     PAYLOAD_TYPE,
-    FileEntry,
+    ZSTD,
     HealthCheck,
     Manifest,
     TensorSpec,
@@ -32,7 +33,7 @@ MODEL_FILE_NAMES = {"onnxruntime": "model.onnx", "tflite": "model.tflite"}
 class BuiltBundle:
     manifest: Manifest
     envelope: bytes
-    blobs: dict[str, bytes]  # sha256 -> bytes
+    blobs: dict[str, bytes]  # sha256 -> bytes as stored (zstd-compressed when encoded)
 
     @property
     def manifest_sha256(self) -> str:
@@ -59,11 +60,15 @@ def build_bundle(
     compression: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, tuple[str, bytes]] | None = None,
     trial: Mapping[str, Any] | None = None,
+    blob_encoding: str | None = ZSTD,
+    encode_min_bytes: int = MIN_ENCODE_BYTES,
 ) -> BuiltBundle:
     """Assemble, validate and sign a bundle.
 
     Args:
         extra_files: name -> (role, bytes) for drift references or configs.
+        blob_encoding: ``"zstd"`` stores each file of at least ``encode_min_bytes``
+            compressed when that shrinks its download; None stores every file as is.
     """
     if runtime not in MODEL_FILE_NAMES:
         raise ManifestError(f"unknown runtime {runtime!r}; known: {sorted(MODEL_FILE_NAMES)}")
@@ -77,9 +82,11 @@ def build_bundle(
     blobs: dict[str, bytes] = {}
     entries = []
     for file_name, role, data in named:
-        digest = sha256_hex(data)
-        blobs[digest] = data
-        entries.append(FileEntry(name=file_name, role=role, sha256=digest, size=len(data)))
+        entry, stored = encode_entry(
+            file_name, role, data, encoding=blob_encoding, min_bytes=encode_min_bytes
+        )
+        blobs[entry.sha256] = stored
+        entries.append(entry)
     manifest = Manifest(
         name=name,
         version=version,

@@ -2,6 +2,11 @@
 
 Writes are atomic per file (temp, fsync, rename). The reader opens only the blobs the
 verified manifest names, by digest, so nothing in the directory can point elsewhere.
+
+A blob is held in one of two forms: as stored (``blobs/<sha256>``, what the builder
+writes and the controller serves; zstd-compressed for an encoded entry) or installed
+(``blobs/<decoded_sha256>``, what an agent's slot holds). The reader accepts either and
+verifies what it finds; only installed files can be loaded (:meth:`VerifiedBundle.path_of`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from firmware_bundles.blob_encoding import check_encoded
 from firmware_bundles.builder import BuiltBundle
 from firmware_bundles.errors import MissingFileError
-from firmware_bundles.manifest import Manifest
+from firmware_bundles.manifest import FileEntry, Manifest
 from firmware_bundles.verify import BlobVerifier, sha256_hex, verify_manifest
 
 ENVELOPE_NAME = "manifest.dsse.json"
@@ -63,9 +69,15 @@ class VerifiedBundle:
     manifest: Manifest
     envelope: bytes
     blob_paths: dict[str, Path]  # file name -> path
+    # Names of the files held only in their encoded (stored) form.
+    encoded: frozenset[str] = frozenset()
 
     def path_of(self, role: str) -> Path:
-        return self.blob_paths[self.manifest.file(role).name]
+        """The installed file with ``role``, ready to load."""
+        name = self.manifest.file(role).name
+        if name in self.encoded:
+            raise MissingFileError(f"bundle file {name!r} is held zstd-encoded, not installed")
+        return self.blob_paths[name]
 
     @property
     def manifest_sha256(self) -> str:
@@ -91,16 +103,32 @@ def verify_bundle_dir(
         raise MissingFileError(f"{directory} has no {ENVELOPE_NAME}") from None
     manifest = verify_manifest(envelope, trusted, now, allow_expired=allow_expired)
     paths: dict[str, Path] = {}
+    encoded: set[str] = set()
     for entry in manifest.files:
-        path = directory / BLOBS_DIR / entry.sha256
-        if not path.is_file() or path.is_symlink():
+        installed = directory / BLOBS_DIR / entry.content_sha256
+        stored = directory / BLOBS_DIR / entry.sha256
+        if _regular(installed):
+            _check_file(installed, entry.decoded_entry())
+            paths[entry.name] = installed
+        elif entry.encoded and _regular(stored):
+            _check_file(stored, entry)
+            check_encoded(stored, entry)
+            paths[entry.name] = stored
+            encoded.add(entry.name)
+        else:
             raise MissingFileError(
-                f"bundle file {entry.name!r} (blob {entry.sha256[:12]}) is missing"
+                f"bundle file {entry.name!r} (blob {entry.content_sha256[:12]}) is missing"
             )
-        checker = BlobVerifier(entry)
-        with path.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                checker.update(chunk)
-        checker.finish()
-        paths[entry.name] = path
-    return VerifiedBundle(manifest, envelope, paths)
+    return VerifiedBundle(manifest, envelope, paths, frozenset(encoded))
+
+
+def _regular(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _check_file(path: Path, entry: FileEntry) -> None:
+    checker = BlobVerifier(entry)
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            checker.update(chunk)
+    checker.finish()

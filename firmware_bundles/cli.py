@@ -35,9 +35,22 @@ def register(subparsers: Any) -> None:
     build.add_argument("--latency-budget-ms", type=float, default=1000.0)
     build.add_argument("--golden-inputs", type=Path, help=".npz of inputs for the health check")
     build.add_argument("--golden-outputs", type=Path, help=".npz of expected outputs")
-    build.add_argument("--compression-report", type=Path, help="JSON report to embed")
+    build.add_argument(
+        "--compression-report",
+        type=Path,
+        help="JSON report to embed (default: MODEL.report.json, as edgefleet compress writes it)",
+    )
+    build.add_argument(
+        "--no-compression-report", action="store_true", help="embed no compression report"
+    )
     build.add_argument(
         "--reference", type=Path, help=".npz of reference inputs: ships drift bins with the bundle"
+    )
+    build.add_argument(
+        "--blob-encoding",
+        choices=["zstd", "none"],
+        default="zstd",
+        help="store files zstd-compressed where it shrinks the download (default zstd)",
     )
     build.set_defaults(func=_bundle_build)
 
@@ -67,16 +80,9 @@ def _bundle_build(args: argparse.Namespace) -> int:
     def arrays(path: Path | None) -> Any:
         return None if path is None else decode_arrays(path.read_bytes(), str(path))
 
-    report = None
-    if args.compression_report is not None:
-        try:
-            report = json.loads(args.compression_report.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ManifestError(
-                f"cannot read compression report {args.compression_report}: {exc}"
-            ) from exc
     if not args.model.is_file():
         raise ManifestError(f"model file {args.model} does not exist")
+    report = None if args.no_compression_report else _compression_report(args)
     built = bundle_from_model_file(
         args.model,
         name=args.name,
@@ -91,11 +97,50 @@ def _bundle_build(args: argparse.Namespace) -> int:
         compression=report,
         valid_for=timedelta(days=args.valid_days),
         drift_reference=arrays(args.reference),
+        blob_encoding=None if args.blob_encoding == "none" else args.blob_encoding,
     )
     write_bundle_dir(built, args.output)
     print(f"bundle {built.manifest.name}@{built.manifest.version} -> {args.output}")
     print(f"manifest sha256 {built.manifest_sha256}")
     return 0
+
+
+# What ``edgefleet compress`` names the report it writes beside a model (compress.cli).
+REPORT_SUFFIX = ".report.json"
+
+
+def _compression_report(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The report to embed: the one given, or the one compress wrote beside the model.
+
+    A report describes one model file; one whose compressed size differs from the
+    model's is stale (the model was rebuilt since) and is refused rather than shipped.
+    """
+    from firmware_bundles.errors import ManifestError
+
+    path = args.compression_report
+    if path is None:
+        beside = args.model.with_name(args.model.name + REPORT_SUFFIX)
+        if not beside.is_file():
+            return None
+        path = beside
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"cannot read compression report {path}: {exc}") from exc
+    if not isinstance(report, dict):
+        raise ManifestError(f"compression report {path} is not a JSON object")
+    # auto reports nest the chosen model's report; single-method reports are flat.
+    nested = report.get("report")
+    inner: dict[str, Any] = nested if isinstance(nested, dict) else report
+    size = inner.get("compressed_bytes")
+    actual = args.model.stat().st_size
+    if isinstance(size, int) and size != actual:
+        raise ManifestError(
+            f"compression report {path} describes a {size}-byte model but {args.model} has "
+            f"{actual} bytes: a stale report? (--no-compression-report to build without it)"
+        )
+    print(f"embedding compression report {path}")
+    return report
 
 
 def _bundle_verify(args: argparse.Namespace) -> int:
@@ -109,5 +154,9 @@ def _bundle_verify(args: argparse.Namespace) -> int:
     print(f"OK {m.name}@{m.version} release_counter={m.release_counter} runtime={m.runtime}")
     print(f"   expires {m.expires.isoformat()} hardware {','.join(m.hardware_classes)}")
     for entry in m.files:
-        print(f"   {entry.role:15s} {entry.name:22s} {entry.size:>10d}  {entry.sha256[:16]}")
+        stored = f" (zstd {entry.size:d} B stored)" if entry.encoded else ""
+        print(
+            f"   {entry.role:15s} {entry.name:22s} {entry.content_size:>10d}  "
+            f"{entry.content_sha256[:16]}{stored}"
+        )
     return 0

@@ -22,7 +22,7 @@ from firmware_bundles.drift_reference import (
 )
 from firmware_bundles.errors import ManifestError
 from firmware_bundles.golden import Arrays, encode_arrays, generate_inputs
-from firmware_bundles.manifest import HealthCheck
+from firmware_bundles.manifest import ZSTD, HealthCheck
 from firmware_bundles.runtimes import load_runner
 
 
@@ -53,12 +53,14 @@ def bundle_from_model_file(
     drift_reference: Arrays | None = None,
     drift_config: ExtractorConfig | None = None,
     trial: Mapping[str, Any] | None = None,
+    blob_encoding: str | None = ZSTD,
 ) -> BuiltBundle:
     """Build a signed bundle for ``model_path``.
 
     Golden inputs default to seeded random tensors fitting the model's inputs; golden
     outputs default to what the model itself produces on them (pass ``golden_outputs``
     to pin outputs computed elsewhere, for example by the uncompressed model).
+    Files are stored zstd-compressed where that shrinks the download (``blob_encoding``).
     """
     runtime = runtime_for(model_path)
     runner = load_runner(runtime, model_path)
@@ -89,4 +91,5 @@ def bundle_from_model_file(
         valid_for=valid_for,
         extra_files=extra,
         trial=trial,
+        blob_encoding=blob_encoding,
     )

@@ -19,6 +19,9 @@ PAYLOAD_TYPE = "application/vnd.edgefleet.manifest.v1+json"
 RUNTIMES = ("onnxruntime", "tflite")
 # Roles a file can play in a bundle; the agent looks files up by role, not by name.
 FILE_ROLES = ("model", "golden_inputs", "golden_outputs", "drift_reference", "config")
+# How a blob may be stored; absent means as is. See firmware_bundles.blob_encoding.
+ZSTD = "zstd"
+ENCODINGS = (ZSTD,)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -29,12 +32,43 @@ _DTYPES = frozenset(
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One content-addressed blob of the bundle."""
+    """One content-addressed blob of the bundle.
+
+    ``sha256`` and ``size`` describe the bytes as stored and downloaded (the blob's
+    address). With an ``encoding`` the stored bytes are compressed, and ``decoded_sha256``
+    / ``decoded_size`` describe the file the device installs; without one they are absent
+    and the stored bytes are the file.
+    """
 
     name: str
     role: str
     sha256: str
     size: int
+    encoding: str | None = None
+    decoded_sha256: str | None = None
+    decoded_size: int | None = None
+
+    @property
+    def encoded(self) -> bool:
+        return self.encoding is not None
+
+    @property
+    def content_sha256(self) -> str:
+        """sha256 of the installed (decoded) file."""
+        return self.decoded_sha256 if self.decoded_sha256 is not None else self.sha256
+
+    @property
+    def content_size(self) -> int:
+        """Length of the installed (decoded) file."""
+        return self.decoded_size if self.decoded_size is not None else self.size
+
+    def decoded_entry(self) -> FileEntry:
+        """The plain entry of the installed file (what a slot holds and re-verifies)."""
+        return FileEntry(self.name, self.role, self.content_sha256, self.content_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        # Plain entries keep exactly the fields older agents know.
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -97,7 +131,7 @@ class Manifest:
         for key in ("inputs", "outputs"):
             for spec in data[key]:
                 spec["shape"] = list(spec["shape"])
-        data["files"] = [dict(f) for f in data["files"]]
+        data["files"] = [f.to_dict() for f in self.files]
         return data
 
     def to_bytes(self) -> bytes:
@@ -145,6 +179,18 @@ def _parse_name(value: str, what: str) -> str:
     return value
 
 
+def _digest_and_size(
+    raw: dict[str, Any], name: str, sha_key: str, size_key: str
+) -> tuple[str, int]:
+    sha = _require(raw, sha_key, str)
+    if not _SHA256_RE.match(sha):
+        raise ManifestError(f"file {name!r} has an invalid {sha_key} {sha!r}")
+    size = _require(raw, size_key, int)
+    if size < 0:
+        raise ManifestError(f"file {name!r} has a negative {size_key} {size}")
+    return sha, size
+
+
 def _parse_file(raw: object) -> FileEntry:
     if not isinstance(raw, dict):
         raise ManifestError(f"manifest file entry must be an object, got {raw!r}")
@@ -152,13 +198,17 @@ def _parse_file(raw: object) -> FileEntry:
     role = _require(raw, "role", str)
     if role not in FILE_ROLES:
         raise ManifestError(f"file {name!r} has unknown role {role!r}; known: {FILE_ROLES}")
-    sha = _require(raw, "sha256", str)
-    if not _SHA256_RE.match(sha):
-        raise ManifestError(f"file {name!r} has an invalid sha256 {sha!r}")
-    size = _require(raw, "size", int)
-    if size < 0:
-        raise ManifestError(f"file {name!r} has a negative size {size}")
-    return FileEntry(name=name, role=role, sha256=sha, size=size)
+    sha, size = _digest_and_size(raw, name, "sha256", "size")
+    encoding = raw.get("encoding")
+    if encoding is None:
+        extra = [k for k in ("decoded_sha256", "decoded_size") if raw.get(k) is not None]
+        if extra:
+            raise ManifestError(f"file {name!r} has {extra} but no encoding")
+        return FileEntry(name=name, role=role, sha256=sha, size=size)
+    if encoding not in ENCODINGS:
+        raise ManifestError(f"file {name!r} has unknown encoding {encoding!r}; known: {ENCODINGS}")
+    decoded_sha, decoded_size = _digest_and_size(raw, name, "decoded_sha256", "decoded_size")
+    return FileEntry(name, role, sha, size, encoding, decoded_sha, decoded_size)
 
 
 def _parse_tensor(raw: object) -> TensorSpec:

@@ -1,8 +1,9 @@
 """Model runtimes behind one small interface.
 
-The bundle's ``runtime`` field picks the backend. Heavy imports (onnxruntime) happen
-inside :func:`load_runner`, so importing this module costs nothing on a device that
-never loads that backend. The TFLite backend arrives with the compression issue.
+The bundle's ``runtime`` field picks the backend: ``onnxruntime`` or ``tflite``
+(:mod:`firmware_bundles.tflite_runner`: ai-edge-litert, else tflite-runtime). Heavy
+imports happen inside :func:`load_runner`, so importing this module costs nothing on a
+device that never loads that backend.
 """
 
 from __future__ import annotations
@@ -79,4 +80,8 @@ def load_runner(runtime: str, model_path: Path, *, threads: int = 1) -> ModelRun
     """Load ``model_path`` with the backend the bundle names."""
     if runtime == "onnxruntime":
         return OnnxRunner(model_path, threads=threads)
+    if runtime == "tflite":
+        from firmware_bundles.tflite_runner import TfliteRunner
+
+        return TfliteRunner(model_path, threads=threads)
     raise RuntimeLoadError(f"runtime {runtime!r} is not available in this build")

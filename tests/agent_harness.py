@@ -26,9 +26,11 @@ def make_bundle(
     seed: int,
     counter: int = 1,
     hidden: int = 16,
+    model_path: Path | None = None,
     **kw: Any,
 ) -> BuiltBundle:
-    model = mlp(tmp / f"model-{version}.onnx", seed=seed, hidden=hidden)
+    """A signed bundle of a generated MLP (or of ``model_path``, when given)."""
+    model = model_path or mlp(tmp / f"model-{version}.onnx", seed=seed, hidden=hidden)
     return bundle_from_model_file(
         model,
         name="mlp",

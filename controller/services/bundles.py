@@ -24,6 +24,7 @@ from controller.models import Bundle
 from controller.names import check_name
 from controller.release_keys import ReleaseKeys
 from controller.schemas import BundleCreate
+from controller.services.compression_jobs import report_for_version
 from controller.services.model_registry import get_version
 from firmware_bundles.builder import MODEL_FILE_NAMES
 from firmware_bundles.errors import BundleError, EdgeFleetError, MissingFileError
@@ -114,6 +115,8 @@ def build_bundle(
                 health_check=health,
                 valid_for=valid_for,
                 trial=request.trial.to_policy() if request.trial else None,
+                # A version made by a compression job ships the job's report (recipe, table).
+                compression=report_for_version(session, version.id),
             )
         except EdgeFleetError:
             raise

@@ -1,4 +1,4 @@
-"""Fixtures for agent integration tests: keys, a blob server, agents on the real broker."""
+"""Fixtures for integration tests: keys, a blob server, agents on the real broker, controllers."""
 
 from __future__ import annotations
 
@@ -6,15 +6,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from agent.config import AgentConfig
 from agent.daemon import Agent
+from controller.server import ControllerServer
+from controller.settings import Settings
 from firmware_bundles.keys import init_keys
 from simulators.mosquitto import MosquittoBroker
 from tests.blob_server import BlobServer
 
 AgentFactory = Callable[..., Agent]
+Start = Callable[..., httpx.Client]
 
 
 @pytest.fixture()
@@ -54,3 +58,28 @@ def agent_factory(
     yield make
     for agent in started:
         agent.stop()
+
+
+@pytest.fixture()
+def controller(database_url: str, tmp_path: Path) -> Iterator[Start]:
+    """Start controllers without a broker, on the test's database; stop them after."""
+    started: list[tuple[ControllerServer, httpx.Client]] = []
+
+    def start(**env: str) -> httpx.Client:
+        settings = Settings.from_env(
+            {
+                "EDGEFLEET_DATA_DIR": str(tmp_path / f"controller-{len(started)}"),
+                "EDGEFLEET_DATABASE_URL": database_url,
+                "EDGEFLEET_COMPRESSION_POLL_S": "0.1",
+                **env,
+            }
+        )
+        server = ControllerServer(settings, start_bridge=False).start()
+        api = httpx.Client(base_url=server.api_url, timeout=60)
+        started.append((server, api))
+        return api
+
+    yield start
+    for server, api in started:
+        api.close()
+        server.stop()

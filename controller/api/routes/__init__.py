@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from controller.api.routes import audit, blobs, bundles, devices, health, models, rollouts
+from controller.api.routes import (
+    audit,
+    blobs,
+    bundles,
+    compression_jobs,
+    devices,
+    health,
+    models,
+    rollouts,
+)
 
 api_router = APIRouter()
-for module in (health, models, bundles, devices, rollouts, audit, blobs):
+for module in (health, models, bundles, devices, rollouts, audit, blobs, compression_jobs):
     api_router.include_router(module.router)
