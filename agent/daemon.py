@@ -22,6 +22,7 @@ import numpy.typing as npt
 from agent.config import AgentConfig
 from agent.errors import error_code
 from agent.inference import InferenceService
+from agent.mqtt_hub import MqttHub
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
 from agent.slots import AgentState, SlotStore, TrialRecord
@@ -68,8 +69,10 @@ class Agent:
         runner_factory: RunnerFactory = default_runner_factory,
         downloader: Downloader = default_downloader,
         phase_hook: Callable[[str], None] | None = None,
+        mqtt_hub: MqttHub | None = None,
     ) -> None:
-        """Create the agent; the keyword seams exist for the simulator's fault injection."""
+        """Create the agent; the keyword seams exist for simulators: fault injection, and
+        a shared network thread for many agents in one process (``mqtt_hub``)."""
         self.config = config
         self.store = SlotStore(config.data_dir)
         self.updater = Updater(
@@ -105,7 +108,9 @@ class Agent:
         self._inbox: queue.Queue[_Inbound | None] = queue.Queue(maxsize=1000)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self.link = MqttLink(config.device_id, config.broker_url, self._enqueue, self._connected)
+        self.link = MqttLink(
+            config.device_id, config.broker_url, self._enqueue, self._connected, hub=mqtt_hub
+        )
 
     # ------------------------------------------------------------------ public API
 

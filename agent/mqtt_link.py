@@ -4,20 +4,26 @@ paho types and its network thread stay in here: received messages go to the
 ``on_message(kind, payload)`` callback the agent gives (which only enqueues), and the
 agent publishes through :meth:`MqttLink.publish`. The Last Will marks the device
 offline (retained) when the connection drops without a goodbye.
+
+On a device the link runs paho's own network thread. In a simulated fleet many links
+share one :class:`agent.mqtt_hub.MqttHub` thread instead; the link then connects and
+reconnects (with backoff) on the hub's thread.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.mqtt_hub import MqttHub
 from firmware_bundles.errors import EdgeFleetError, WireError
 from firmware_bundles.wire import Status, split_topic, topic
 
@@ -44,8 +50,17 @@ class MqttLink:
         on_connected: Callable[[], None],
         *,
         keepalive: int = 30,
+        hub: MqttHub | None = None,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
     ) -> None:
         self.device_id = device_id
+        self._hub = hub
+        self._stopping = False
+        self._cut_until = 0.0
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._backoff_s = reconnect_min_s
         self.host, self.port = parse_broker_url(broker_url)
         self._on_message = on_message
         self._on_connected = on_connected
@@ -55,12 +70,15 @@ class MqttLink:
         self._early_acks: set[int] = set()
         self._acks_lock = threading.Lock()
         # Client id == device id: the broker ACL pattern (%u) ties topics to it.
-        self._client = mqtt.Client(
+        self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=False
         )
+        self._client = self.client
         self._client.max_inflight_messages_set(50)
         self._client.max_queued_messages_set(10_000)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.reconnect_delay_set(
+            min_delay=max(1, int(reconnect_min_s)), max_delay=max(1, int(reconnect_max_s))
+        )
         self._client.will_set(
             topic(device_id, "up", "status"),
             Status(online=False, ts=0.0).to_bytes(),
@@ -73,11 +91,16 @@ class MqttLink:
         self._client.on_publish = self._handle_publish
 
     def start(self) -> None:
+        # Only records where to connect; the connecting happens on the network thread.
         self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
+        if self._hub is not None:
+            self._hub.attach(self)
+            return
         self._client.loop_start()
 
     def stop(self, *, graceful: bool = True) -> None:
         """Disconnect. ``graceful=False`` drops the socket so the broker sends the Will."""
+        self._stopping = True
         if graceful and self.connected.is_set():
             info = self._client.publish(
                 topic(self.device_id, "up", "status"),
@@ -88,23 +111,42 @@ class MqttLink:
             info.wait_for_publish(timeout=2)
             self._client.disconnect()
         elif not graceful:
-            sock = self._client.socket()
-            if sock is not None:
-                sock.close()
-        self._client.loop_stop()
+            self._drop_socket()
+        if self._hub is not None:
+            self._hub.detach(self)
+        else:
+            self._client.loop_stop()
         self.connected.clear()
+
+    def _drop_socket(self) -> None:
+        """End the TCP connection without an MQTT goodbye (the broker sends the Will).
+
+        Shut down rather than closed: paho then sees the connection end as a network
+        failure would look, on whichever thread drives it.
+        """
+        sock = cast(socket.socket | None, self._client.socket())
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._hub is None:
+            sock.close()
 
     def cut(self, seconds: float) -> None:
         """Drop the connection abruptly (the broker sends the Will) and stay away for
         ``seconds``: a network cut, for the simulator. Then reconnect as usual."""
-        self._client.loop_stop()
-        sock = self._client.socket()
-        if sock is not None:
-            sock.close()
         self.connected.clear()
         with self._acks_lock:
             self._acks.clear()
             self._early_acks.clear()
+        if self._hub is not None:
+            self._cut_until = time.monotonic() + seconds
+            self._drop_socket()
+            return
+        self._client.loop_stop()
+        self._drop_socket()
 
         def back() -> None:
             self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
@@ -113,6 +155,28 @@ class MqttLink:
         timer = threading.Timer(seconds, back)
         timer.daemon = True
         timer.start()
+
+    # hub mode (the hub's thread) --------------------------------------------------
+
+    def hub_connect(self) -> None:
+        """Connect or reconnect; on failure try again later, backing off."""
+        if self._stopping or self._hub is None:
+            return
+        wait = self._cut_until - time.monotonic()
+        if wait > 0:
+            self._hub.call_later(wait, self.hub_connect)
+            return
+        try:
+            self._client.reconnect()
+        except OSError as exc:
+            log.info("%s: cannot reach the broker (%s); retrying", self.device_id, exc)
+            self._retry_later()
+
+    def _retry_later(self) -> None:
+        if self._hub is None or self._stopping:
+            return
+        delay, self._backoff_s = self._backoff_s, min(self._backoff_s * 2, self._reconnect_max_s)
+        self._hub.call_later(delay, self.hub_connect)
 
     def publish_tracked(self, kind: str, payload: bytes, on_ack: Callable[[], None]) -> bool:
         """Publish at QoS 1 and call ``on_ack`` (on paho's thread) when the broker acks.
@@ -176,6 +240,7 @@ class MqttLink:
             retain=True,
         )
         self._register(online.mid, None)
+        self._backoff_s = self._reconnect_min_s
         self.connected.set()
         self._on_connected()
 
@@ -198,6 +263,8 @@ class MqttLink:
             self._early_acks.clear()  # unacknowledged: the outbox sends them again
         if reason.is_failure:
             log.info("%s: disconnected from broker (%s); reconnecting", self.device_id, reason)
+        if self._hub is not None and not self._stopping:
+            self._retry_later()  # paho's own thread would reconnect; on a hub we do
 
     def _handle_message(
         self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
 from controller.models import Device, Rollout, RolloutDevice
-from controller.rollout_engine import gate_values, plan_tick
+from controller.rollout_engine import GateMetrics, gate_values, plan_tick
 from controller.rollout_policy import policy_from_dict
 from controller.services.rollout_execution import (
     Outgoing,
@@ -161,6 +161,20 @@ class RolloutWorker:
             return list(session.scalars(query))
 
     def _advance(self, rollout_id: str, now: float) -> bool:
+        # Gate figures first, outside the write transaction: they read telemetry, and
+        # on SQLite a write transaction holds the one write lock ingest also needs.
+        with self._sessions() as session:
+            rollout = session.get(Rollout, rollout_id)
+            if rollout is None or rollout.status not in ACTIVE:
+                return False
+            due = (
+                rollout.gates_at is None or now - rollout.gates_at >= self.settings.gate_interval_s
+            )
+            fresh = None
+            if due and rollout.started_at is not None:
+                fresh = gate_metrics(
+                    session, rollout, policy_from_dict(rollout.policy), self.settings.gates
+                )
         with self._sessions() as session:
             claimed = session.scalar(
                 sa.select(Rollout.id)
@@ -184,20 +198,21 @@ class RolloutWorker:
                 .where(Rollout.id == rollout_id)
                 .options(selectinload(Rollout.bundle))
             ).one()
-            outgoing = self._plan_and_apply(session, rollout, now)
+            outgoing = self._plan_and_apply(session, rollout, now, fresh)
             session.commit()
         self._publish(outgoing)
         return True
 
-    def _plan_and_apply(self, session: Session, rollout: Rollout, now: float) -> list[Outgoing]:
+    def _plan_and_apply(
+        self, session: Session, rollout: Rollout, now: float, fresh: GateMetrics | None
+    ) -> list[Outgoing]:
         policy = policy_from_dict(rollout.policy)
         state = engine_state(rollout)
         if rollout.started_at is None and rollout.status == "running":
             rollout.started_at = now
         devices = [to_exec(r) for r in execution_rows(session, rollout.id)]
-        due = rollout.gates_at is None or now - rollout.gates_at >= self.settings.gate_interval_s
-        if due and rollout.started_at is not None:
-            metrics = gate_metrics(session, rollout, self.settings.gates)
+        if fresh is not None:
+            metrics = fresh
             rollout.gates_at = now
         else:
             metrics = metrics_from_dict(rollout.gates)

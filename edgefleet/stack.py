@@ -75,6 +75,12 @@ class ControllerProcess:
     def release_public_key_path(self) -> Path:
         return Path(self.env["EDGEFLEET_DATA_DIR"]) / "keys" / "release.pub"
 
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise EdgeFleetError("the controller process is not started")
+        return self._proc.pid
+
     def start(self, timeout: float = 60.0) -> ControllerProcess:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
@@ -201,7 +207,11 @@ class Stack:
             server.stop()
 
     def __enter__(self) -> Stack:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # no controller process may outlive a failed start
+            raise
 
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

@@ -2,7 +2,9 @@
 
 The agents are the production :class:`agent.daemon.Agent`; the simulator only creates
 them, opens their connections in batches (Mosquitto's listen backlog is 100), and feeds
-them generated inputs so they serve inference and report real telemetry.
+them generated inputs so they serve inference and report real telemetry. Their MQTT
+connections share one network thread (:class:`agent.mqtt_hub.MqttHub`) instead of a
+thread each, so a fleet of thousands fits in one process.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy.typing as npt
 
 from agent.config import AgentConfig
 from agent.daemon import Agent
+from agent.mqtt_hub import MqttHub
 from firmware_bundles.golden import generate_inputs
 from simulators import faults
 from simulators.faults import FaultProfile
@@ -42,6 +45,8 @@ class FleetSpec:
     extra_tags: dict[int, tuple[str, ...]] = field(default_factory=dict)
     faults: dict[int, FaultProfile] = field(default_factory=dict)
     restart_delay_s: float = 0.2
+    # Agents per shared MQTT network thread (0: a paho thread per agent, as on devices).
+    agents_per_hub: int = 5000
 
     def device_id(self, index: int) -> str:
         return f"{self.prefix}-{index:04d}"
@@ -57,6 +62,10 @@ class Fleet:
         self.inference_errors = 0
         self.restarts = 0
         self._power_armed = {i: [True] for i in spec.faults}
+        self._hubs: list[MqttHub] = []
+        if spec.agents_per_hub > 0:
+            count = -(-spec.devices // spec.agents_per_hub)
+            self._hubs = [MqttHub(name=f"fleet-mqtt-{i}").start() for i in range(count)]
         self.agents: list[Agent] = [self._make_agent(i) for i in range(spec.devices)]
 
     def _make_agent(self, index: int) -> Agent:
@@ -73,11 +82,13 @@ class Fleet:
             state_heartbeat_s=spec.state_heartbeat_s,
             outbox_fsync=False,  # thousands of simulated disks share one real one
         )
+        hub = self._hubs[index // spec.agents_per_hub] if self._hubs else None
         profile = spec.faults.get(index)
         if profile is None:
-            return Agent(config)
+            return Agent(config, mqtt_hub=hub)
         return Agent(
             config,
+            mqtt_hub=hub,
             runner_factory=faults.runner_factory(profile),
             downloader=faults.downloader(profile),
             phase_hook=faults.phase_hook(
@@ -133,6 +144,8 @@ class Fleet:
         self.stop_feeding()
         for agent in self.agents:
             agent.stop()
+        for hub in self._hubs:
+            hub.stop()
 
     def __enter__(self) -> Fleet:
         self.start()

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from controller.models import Rollout, RolloutDevice, TelemetryWindow
 from controller.rollout_engine import GateMetrics
+from controller.rollout_policy import RolloutPolicy
 from firmware_bundles import latency_histogram as lh
 
 
@@ -97,12 +98,20 @@ def _latency_ratio(
     return p95_new / p95_old, len(devices)
 
 
-def gate_metrics(session: Session, rollout: Rollout, settings: GateSettings) -> GateMetrics:
-    """The new bundle's health on ``rollout``'s devices, as of now."""
+def gate_metrics(
+    session: Session, rollout: Rollout, policy: RolloutPolicy, settings: GateSettings
+) -> GateMetrics:
+    """The new bundle's health on ``rollout``'s devices, as of now.
+
+    The error rate is one SQL sum; the latency ratio merges histograms in Python and
+    is computed only for a rollout with a latency gate.
+    """
     if rollout.started_at is None:
         return GateMetrics()
     inferences, errors = _error_counts(session, rollout, rollout.started_at)
-    ratio, latency_devices = _latency_ratio(session, rollout, rollout.started_at, settings)
+    ratio, latency_devices = None, 0
+    if any(c.kind == "latency_ratio" for c in policy.abort):
+        ratio, latency_devices = _latency_ratio(session, rollout, rollout.started_at, settings)
     return GateMetrics(
         error_rate=errors / inferences if inferences else None,
         error_samples=inferences,
