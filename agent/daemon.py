@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -70,9 +71,12 @@ class Agent:
         downloader: Downloader = default_downloader,
         phase_hook: Callable[[str], None] | None = None,
         mqtt_hub: MqttHub | None = None,
+        update_slots: AbstractContextManager[Any] | None = None,
     ) -> None:
-        """Create the agent; the keyword seams exist for simulators: fault injection, and
-        a shared network thread for many agents in one process (``mqtt_hub``)."""
+        """Create the agent; the keyword seams exist for simulators: fault injection, a
+        shared network thread for many agents in one process (``mqtt_hub``), and a
+        limit on how many of them download, verify and load at once (``update_slots``:
+        a real device has a CPU of its own; simulated ones share a few cores)."""
         self.config = config
         self.store = SlotStore(config.data_dir)
         self.updater = Updater(
@@ -86,6 +90,7 @@ class Agent:
             max_blob_bytes=config.max_blob_bytes,
         )
         self._phase_hook = phase_hook
+        self._update_slots = update_slots or nullcontext()
         self.outbox = Outbox(
             config.data_dir / "outbox",
             max_messages=config.outbox_max_messages,
@@ -262,9 +267,10 @@ class Agent:
         self.error = None
         self._event("update_started", target)
         try:
-            self.state, prepared = self.updater.prepare(
-                self.state, target, base_url, self._progress
-            )
+            with self._update_slots:
+                self.state, prepared = self.updater.prepare(
+                    self.state, target, base_url, self._progress
+                )
             policy = TrialPolicy.from_dict(trial or prepared.model.manifest.trial or {})
         except Exception as exc:  # every failure is reported; the old model keeps serving
             code = error_code(exc)

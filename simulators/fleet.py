@@ -47,6 +47,10 @@ class FleetSpec:
     restart_delay_s: float = 0.2
     # Agents per shared MQTT network thread (0: a paho thread per agent, as on devices).
     agents_per_hub: int = 5000
+    # Simulated devices share this machine's cores: at most this many download, verify
+    # and load at once, so hundreds updating together do not starve the network thread
+    # of the interpreter lock (0: no limit).
+    concurrent_updates: int = 8
 
     def device_id(self, index: int) -> str:
         return f"{self.prefix}-{index:04d}"
@@ -62,6 +66,11 @@ class Fleet:
         self.inference_errors = 0
         self.restarts = 0
         self._power_armed = {i: [True] for i in spec.faults}
+        self._update_slots = (
+            threading.BoundedSemaphore(spec.concurrent_updates)
+            if spec.concurrent_updates > 0
+            else None
+        )
         self._hubs: list[MqttHub] = []
         if spec.agents_per_hub > 0:
             count = -(-spec.devices // spec.agents_per_hub)
@@ -85,10 +94,11 @@ class Fleet:
         hub = self._hubs[index // spec.agents_per_hub] if self._hubs else None
         profile = spec.faults.get(index)
         if profile is None:
-            return Agent(config, mqtt_hub=hub)
+            return Agent(config, mqtt_hub=hub, update_slots=self._update_slots)
         return Agent(
             config,
             mqtt_hub=hub,
+            update_slots=self._update_slots,
             runner_factory=faults.runner_factory(profile),
             downloader=faults.downloader(profile),
             phase_hook=faults.phase_hook(
