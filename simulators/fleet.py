@@ -140,6 +140,11 @@ class Fleet:
         """Network cut for one device: its MQTT connection drops for ``seconds``."""
         self.agents[index].link.cut(seconds)
 
+    def partition(self, indices: Iterable[int], seconds: float) -> None:
+        """A network partition: these devices all lose the broker for ``seconds``."""
+        for index in indices:
+            self.cut(index, seconds)
+
     def start(self) -> None:
         batch = self.spec.connect_batch
         for start in range(0, len(self.agents), batch):

@@ -297,3 +297,29 @@ def test_when_the_replica_advancing_a_rollout_leaves_the_other_takes_over(
         assert_counted_once(stack, rid)
         engine = [e["actor"] for e in stack.audit(rid) if e["action"] == "engine"]
         assert engine[0] == f"controller:{owner}" and engine[-1] != engine[0]
+
+
+def test_devices_partitioned_from_the_broker_get_the_rollout_when_they_return(
+    fresh_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    spec = StackSpec(devices=30, broker_url=fresh_broker.url, work=tmp_path, controller_env=FAST)
+    with Stack(spec) as stack:
+        install_v1(stack)
+        away = list(range(10))
+        stack.fleet.partition(away, seconds=15)
+        ids = {stack.fleet.spec.device_id(i) for i in away}
+
+        def offline() -> set[str]:
+            devices = stack.ok(stack.api.get("/devices", params={"online": False}))
+            return {d["id"] for d in devices}
+
+        # The broker delivers their Last Will: the controller sees them go.
+        stack.wait(lambda: ids <= offline(), 10, "the partitioned devices to show offline")
+        v2 = stack.publish_model("2.0.0", seed=2)
+        rid = stack.roll_out(v2, start=True, trial=TRIAL, in_progress_timeout_s=60)
+        stack.wait(lambda: stack.fleet.count_on("2.0.0") == 20, 60, "the reachable devices")
+        assert all(stack.fleet.versions()[d] == "1.0.0" for d in ids)  # still away
+        # Back on the network, they read their retained desired state and catch up.
+        detail = stack.wait_rollout(rid, "completed", "paused", timeout=90)
+        assert detail["status"] == "completed" and detail["counts"]["committed"] == 30
+        assert not ids & offline()
