@@ -7,6 +7,7 @@ beyond the inference service's atomic model swap.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -97,8 +98,12 @@ class Agent:
             max_bytes=config.outbox_max_bytes,
             fsync=config.outbox_fsync,
         )
+        # Outbox messages handed to the link and not yet acknowledged (worker thread only).
         self._inflight: set[Path] = set()
-        self._inflight_lock = threading.Lock()
+        # Acknowledged by the broker, appended on the network thread and applied (file
+        # deleted) by the worker: the network thread touches no file. A simulated fleet
+        # shares one network thread, and a syscall on it per ack starved it of the GIL.
+        self._acked_paths: collections.deque[Path] = collections.deque()
         self.inference = InferenceService(TelemetryWindow(time.time()))
         self.state: AgentState = AgentState()
         self.phase = "idle"
@@ -143,6 +148,8 @@ class Agent:
         if self._worker is not None:
             self._worker.join(timeout=10)
         self.link.stop(graceful=graceful)
+        if graceful:
+            self._apply_acks()  # what the broker has need not be sent again after a restart
 
     # ------------------------------------------------------------------ start-up
 
@@ -224,8 +231,8 @@ class Agent:
 
     def _handle(self, item: _Inbound) -> None:
         if item.kind == "_connected":
-            with self._inflight_lock:
-                self._inflight.clear()  # the link forgot them: send again
+            self._apply_acks()
+            self._inflight.clear()  # the link forgot them: send again
             if self._boot_notes:
                 self._event(
                     "agent_started", self.active_bundle, message="; ".join(self._boot_notes)
@@ -441,27 +448,30 @@ class Agent:
 
     def _flush_outbox(self, max_inflight: int = 100) -> None:
         """Send what the broker has not acknowledged yet, oldest first."""
+        self._apply_acks()
         for path in self.outbox.pending():
-            with self._inflight_lock:
-                if path in self._inflight:
-                    continue
-                if len(self._inflight) >= max_inflight:
-                    return
+            if path in self._inflight:
+                continue
+            if len(self._inflight) >= max_inflight:
+                return
             try:
                 payload = path.read_bytes()
             except FileNotFoundError:
-                continue  # acknowledged meanwhile
+                continue  # dropped by the outbox's bounds meanwhile
             kind = path.suffix.lstrip(".")
-            with self._inflight_lock:
-                self._inflight.add(path)
-            if not self.link.publish_tracked(kind, payload, partial(self._acked, path)):
-                with self._inflight_lock:
-                    self._inflight.discard(path)
+            self._inflight.add(path)
+            acked = partial(self._acked_paths.append, path)
+            if not self.link.publish_tracked(kind, payload, acked):
+                self._inflight.discard(path)
                 return  # disconnected: the next connect flushes
 
-    def _acked(self, path: Path) -> None:
-        self.outbox.ack(path)
-        with self._inflight_lock:
+    def _apply_acks(self) -> None:
+        while True:
+            try:
+                path = self._acked_paths.popleft()
+            except IndexError:
+                return
+            self.outbox.ack(path)
             self._inflight.discard(path)
 
 

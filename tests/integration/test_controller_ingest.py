@@ -425,9 +425,11 @@ def test_bad_messages_are_dropped_counted_and_ingest_goes_on(
     # The empty retained message is the last one sent: wait for it too (the counts are
     # read while the worker may still be on its batch).
     after = eventually(
-        lambda: (c := _ingest(api))["dropped"] - before["dropped"] >= expected
-        and c["ignored"] > before["ignored"]
-        and c,
+        lambda: (
+            (c := _ingest(api))["dropped"] - before["dropped"] >= expected
+            and c["ignored"] > before["ignored"]
+            and c
+        ),
         timeout=20,
     )
     assert after["dropped"] - before["dropped"] == expected
