@@ -38,6 +38,7 @@ from agent.updater import (
     default_downloader,
     default_runner_factory,
 )
+from agent.window_sequence import WindowSequence
 from firmware_bundles.errors import EdgeFleetError, WireError
 from firmware_bundles.keys import load_trusted_keys
 from firmware_bundles.wire import (
@@ -112,7 +113,9 @@ class Agent:
         self.deployment_id: str | None = None
         self.dropped_messages = 0
         self._failed: tuple[int, str] | None = None  # (generation, sha) that failed
-        self._seq = 0
+        # Telemetry and drift windows are numbered for good: the controller tells a
+        # re-sent window from a new one by (device, seq), even after a restart.
+        self._window_seq = WindowSequence(config.data_dir / "window_seq")
         self._boot_notes: list[str] = []  # what start-up found, reported once connected
         self._state_sent_at = time.monotonic()
         self._inbox: queue.Queue[_Inbound | None] = queue.Queue(maxsize=1000)
@@ -417,10 +420,10 @@ class Agent:
 
     def _publish_window(self) -> None:
         snap = self.inference.window.roll(time.time())
-        self._seq += 1
+        seq = self._window_seq.next()
         telemetry = Telemetry(
             device_id=self.config.device_id,
-            seq=self._seq,
+            seq=seq,
             window_start=snap.window_start,
             window_end=snap.window_end,
             inference_count=snap.inference_count,
@@ -436,7 +439,7 @@ class Agent:
         if model is not None and model.drift is not None:
             drift = Drift(
                 device_id=self.config.device_id,
-                seq=self._seq,
+                seq=seq,
                 window_start=snap.window_start,
                 window_end=snap.window_end,
                 bundle=model.ref,
