@@ -1,8 +1,8 @@
 """The app factory: ``create_app(settings)`` builds one controller; nothing exists before.
 
-The lifespan creates the schema, starts the ingest worker, the MQTT bridge and the
-rollout worker, and stops them on shutdown (rollouts first, then the bridge, then
-ingest drains its queue).
+The lifespan creates the schema, starts the ingest worker, the MQTT bridge, the
+rollout worker and the monitoring jobs, and stops them on shutdown (monitoring and
+rollouts first, then the bridge, then ingest drains its queue).
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ from controller.api.routes import api_router
 from controller.blobstore import BlobStore
 from controller.compression_worker import CompressionWorker, WorkerLimits
 from controller.db import create_schema, make_engine, make_sessionmaker
+from controller.drift_references import DriftReferences
 from controller.ingest import IngestWorker
+from controller.monitoring_worker import MonitoringWorker
 from controller.release_keys import load_release_keys
 from controller.rollout_worker import RolloutWorker, WorkerSettings
+from controller.services.device_reports import RawRetention
 from controller.services.rollout_gates import GateSettings
 from controller.settings import MiB, Settings
 from firmware_bundles.wire import Desired
@@ -59,6 +62,9 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         batch_size=settings.ingest_batch_size,
         batch_wait_s=settings.ingest_batch_wait_s,
         queue_max=settings.ingest_queue_max,
+        retention=RawRetention(
+            settings.monitoring.telemetry_raw_retention_s, settings.monitoring.telemetry_bucket_s
+        ),
     )
     client_id = settings.client_id()
     bridge = None
@@ -87,6 +93,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
             max_output_bytes=settings.max_upload_bytes,
         ),
     )
+    references = DriftReferences(store)
     rollouts = RolloutWorker(
         sessions,
         bridge if bridge is not None else _NoBroker(),
@@ -97,8 +104,16 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
             lease_s=settings.rollout_lease_s,
             gate_interval_s=settings.rollout_gate_interval_s,
             republish_after_s=settings.rollout_republish_after_s,
-            gates=GateSettings(latency_lookback_s=settings.rollout_latency_lookback_s),
+            gates=GateSettings(
+                latency_lookback_s=settings.rollout_latency_lookback_s,
+                drift_alpha=settings.monitoring.drift_alpha,
+                drift_min_samples=settings.monitoring.drift_min_samples,
+            ),
         ),
+        references=references,
+    )
+    monitoring = MonitoringWorker(
+        sessions, references, settings.monitoring, replica_id=settings.replica_name(client_id)
     )
     runtime = Runtime(
         settings=settings,
@@ -108,6 +123,8 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         keys=keys,
         ingest=ingest,
         rollouts=rollouts,
+        references=references,
+        monitoring=monitoring,
         broker_connected=(lambda: bridge.connected) if bridge is not None else (lambda: False),
     )
 
@@ -119,6 +136,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         if bridge is not None:
             bridge.start()
         rollouts.start()
+        monitoring.start()
         log.info(
             "controller up: database %s, broker %s, blobs served at %s",
             engine.url.render_as_string(hide_password=True),
@@ -128,6 +146,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            monitoring.stop()
             rollouts.stop()
             if bridge is not None:
                 bridge.stop()

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.orm import Session
 
 from controller.inbound import EMPTY, DroppedMessage, Report, parse_report
-from controller.services.device_reports import apply_reports
+from controller.services.device_reports import RawRetention, apply_reports
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,11 @@ class IngestWorker:
         batch_wait_s: float = 0.05,
         queue_max: int = 100_000,
         put_timeout_s: float = 5.0,
+        retention: RawRetention | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sessions = sessions
+        self._retention = retention
         self._batch_size = batch_size
         self._batch_wait_s = batch_wait_s
         self._put_timeout_s = put_timeout_s
@@ -202,6 +204,6 @@ class IngestWorker:
 
     def _write(self, reports: list[Report], now: datetime) -> None:
         with self._sessions() as session:
-            apply_reports(session, reports, now)
+            apply_reports(session, reports, now, self._retention)
             session.commit()
         self.stats.add(stored=len(reports), batches=1)

@@ -34,6 +34,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
+from controller.drift_references import DriftReferences
 from controller.models import Device, Rollout, RolloutDevice
 from controller.rollout_engine import GateMetrics, gate_values, plan_tick
 from controller.rollout_policy import policy_from_dict
@@ -85,9 +86,11 @@ class RolloutWorker:
         publisher: DesiredPublisher,
         settings: WorkerSettings,
         *,
+        references: DriftReferences | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sessions = sessions
+        self._references = references  # bundles' drift references, for drift gates
         self._publisher = publisher
         self.settings = settings
         self._clock = clock
@@ -173,7 +176,11 @@ class RolloutWorker:
             fresh = None
             if due and rollout.started_at is not None:
                 fresh = gate_metrics(
-                    session, rollout, policy_from_dict(rollout.policy), self.settings.gates
+                    session,
+                    rollout,
+                    policy_from_dict(rollout.policy),
+                    self.settings.gates,
+                    self._references,
                 )
         with self._sessions() as session:
             claimed = session.scalar(

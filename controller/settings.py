@@ -16,6 +16,7 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 from controller.errors import SettingsError
+from controller.monitoring_settings import MonitoringSettings
 
 ENVIRONMENTS = ("development", "production")
 MiB = 1 << 20
@@ -67,6 +68,8 @@ class Settings:
     rollout_republish_after_s: float = 10.0
     # How far back the previous model's telemetry counts for the latency gate.
     rollout_latency_lookback_s: float = 3600.0
+    # Telemetry roll-ups, drift checks and alert webhooks (controller.monitoring_settings).
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @property
     def resolved_database_url(self) -> str:
@@ -223,6 +226,7 @@ class Settings:
                 float,
                 0.0,
             ),
+            monitoring=MonitoringSettings.from_env(environ),
         )
 
 

@@ -12,8 +12,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.blobstore import BlobStore
+from controller.drift_references import DriftReferences
 from controller.errors import InvalidRequestError
 from controller.ingest import IngestWorker
+from controller.monitoring_worker import MonitoringWorker
 from controller.release_keys import ReleaseKeys
 from controller.rollout_worker import RolloutWorker
 from controller.settings import Settings
@@ -30,6 +32,8 @@ class Runtime:
     keys: ReleaseKeys
     ingest: IngestWorker
     rollouts: RolloutWorker
+    references: DriftReferences
+    monitoring: MonitoringWorker
     broker_connected: Callable[[], bool]
 
 

@@ -31,8 +31,10 @@ from controller.models import (
     RolloutDevice,
     TelemetryWindow,
 )
+from controller.monitoring_models import DriftRollup, TelemetryRollup
 from controller.rollout_engine import FAILED, IN_PROGRESS, ROLLED_BACK, TERMINAL
 from controller.services.devices import ensure_devices
+from controller.services.window_store import drop_rolled_up
 from firmware_bundles import latency_histogram
 from firmware_bundles.wire import Drift, Event, State, Status, Telemetry
 
@@ -144,7 +146,21 @@ def _tracked_rows(
     }
 
 
-def apply_reports(session: Session, reports: Sequence[Report], now: datetime) -> None:
+@dataclass(frozen=True)
+class RawRetention:
+    """Where roll-ups begin: windows that ended ``raw_s`` before now may be rolled up
+    already (into buckets of ``bucket_s``), so a late copy of one is checked."""
+
+    raw_s: float
+    bucket_s: float
+
+
+def apply_reports(
+    session: Session,
+    reports: Sequence[Report],
+    now: datetime,
+    retention: RawRetention | None = None,
+) -> None:
     """Apply ``reports`` (in arrival order) to the database; the caller commits."""
     if not reports:
         return
@@ -181,6 +197,14 @@ def apply_reports(session: Session, reports: Sequence[Report], now: datetime) ->
             _seen(device, report, message.window_end)
             drifts.append(_drift_row(message, report.received_at))
     session.flush()
+    if retention is not None:
+        cutoff = clock - retention.raw_s
+        windows = drop_rolled_up(
+            session, TelemetryRollup, windows, cutoff=cutoff, bucket_s=retention.bucket_s
+        )
+        drifts = drop_rolled_up(
+            session, DriftRollup, drifts, cutoff=cutoff, bucket_s=retention.bucket_s
+        )
     for table, rows in (
         (TelemetryWindow, windows),
         (DriftWindow, drifts),

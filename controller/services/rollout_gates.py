@@ -6,6 +6,9 @@
   bundle, each read off the merged latency histograms (exact merging; averaging
   per-window p95s would not be). Only devices with enough inferences on both models
   count, so a device class that is simply slower does not skew the figure.
+- Input and prediction drift: the share of the new bundle's monitored input (output)
+  features whose merged counts on the rollout's devices drift from the bundle's
+  reference (chi-square with Benjamini-Hochberg, as the drift check decides).
 
 Nothing here decides: :mod:`controller.rollout_engine` judges the figures.
 """
@@ -14,13 +17,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from controller.drift_references import DriftReferences, is_prediction
+from controller.drift_stats import detect_drift
+from controller.drift_watch import counts_of, merge_windows
 from controller.models import Rollout, RolloutDevice, TelemetryWindow
 from controller.rollout_engine import GateMetrics
 from controller.rollout_policy import RolloutPolicy
+from controller.services.window_store import Query, drift_parts
 from firmware_bundles import latency_histogram as lh
 
 
@@ -30,6 +38,9 @@ class GateSettings:
     latency_lookback_s: float = 3600.0
     # Inferences a device needs on each model before its latencies count.
     latency_min_inferences: int = 10
+    # Drift gates: the verdict's false discovery rate and the samples it needs.
+    drift_alpha: float = 0.01
+    drift_min_samples: int = 200
 
 
 def _error_counts(session: Session, rollout: Rollout, since: float) -> tuple[int, int]:
@@ -98,25 +109,72 @@ def _latency_ratio(
     return p95_new / p95_old, len(devices)
 
 
+def _drift(
+    session: Session,
+    rollout: Rollout,
+    since: float,
+    settings: GateSettings,
+    references: DriftReferences,
+) -> dict[str, Any]:
+    """Input and prediction drift of the new bundle on the rollout's devices, merged
+    since the rollout started, against the bundle's reference."""
+    ref = references.get(session, rollout.bundle.manifest_sha256)
+    if ref is None:
+        return {"drift_detail": "the bundle has no drift reference"}
+    devices = session.scalars(
+        sa.select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rollout.id)
+    )
+    query = Query(devices=list(devices), bundle=ref.bundle_sha256, since=since)
+    bins = ref.bins()
+    merged, _ = merge_windows((("all", p.features) for p in drift_parts(session, query)), bins)
+    counts = counts_of(merged.get("all", {}))
+    if not counts:
+        return {}
+    figures = detect_drift(
+        bins, counts, alpha=settings.drift_alpha, min_samples=settings.drift_min_samples
+    )
+    shares: dict[str, float | None] = {}
+    for kind, pick in (("input", False), ("prediction", True)):
+        chosen = [f for f in figures if is_prediction(f.name) == pick]
+        shares[kind] = sum(f.drifted for f in chosen) / len(chosen) if chosen else None
+    worst = sorted((f for f in figures if f.drifted), key=lambda f: -f.psi)[:3]
+    return {
+        "input_drift_share": shares["input"],
+        "prediction_drift_share": shares["prediction"],
+        "drift_samples": max(f.n for f in figures),
+        "drift_detail": ", ".join(f"{f.name} PSI {f.psi:.3f}" for f in worst),
+    }
+
+
 def gate_metrics(
-    session: Session, rollout: Rollout, policy: RolloutPolicy, settings: GateSettings
+    session: Session,
+    rollout: Rollout,
+    policy: RolloutPolicy,
+    settings: GateSettings,
+    references: DriftReferences | None = None,
 ) -> GateMetrics:
     """The new bundle's health on ``rollout``'s devices, as of now.
 
     The error rate is one SQL sum; the latency ratio merges histograms in Python and
-    is computed only for a rollout with a latency gate.
+    is computed only for a rollout with a latency gate; drift likewise, only with a
+    drift gate (and ``references`` to read the bundle's reference from).
     """
     if rollout.started_at is None:
         return GateMetrics()
     inferences, errors = _error_counts(session, rollout, rollout.started_at)
     ratio, latency_devices = None, 0
-    if any(c.kind == "latency_ratio" for c in policy.abort):
+    kinds = {c.kind for c in policy.abort}
+    if "latency_ratio" in kinds:
         ratio, latency_devices = _latency_ratio(session, rollout, rollout.started_at, settings)
+    drift: dict[str, Any] = {}
+    if kinds & {"input_drift", "prediction_drift"} and references is not None:
+        drift = _drift(session, rollout, rollout.started_at, settings, references)
     return GateMetrics(
         error_rate=errors / inferences if inferences else None,
         error_samples=inferences,
         latency_ratio=ratio,
         latency_devices=latency_devices,
+        **drift,
     )
 
 

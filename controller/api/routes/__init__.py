@@ -12,9 +12,12 @@ from controller.api.routes import (
     devices,
     health,
     models,
+    monitoring,
     rollouts,
 )
 
 api_router = APIRouter()
-for module in (health, models, bundles, devices, rollouts, audit, blobs, compression_jobs):
+for module in (
+    health, models, bundles, devices, rollouts, audit, blobs, compression_jobs, monitoring
+):  # fmt: skip
     api_router.include_router(module.router)

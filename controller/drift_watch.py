@@ -1,0 +1,201 @@
+"""Deciding fleet drift and the life of a drift alert. Pure: counts and ``now`` in.
+
+A drift check looks at the last few minutes of one bundle's drift windows, merged per
+device, and tests every device x feature against the bundle's reference as one family
+(:func:`controller.drift_stats.detect_drift_groups`): a fleet of 1,000 quiet devices
+raises an alarm about as rarely as one device does. What drifts becomes an alert:
+
+- ``pending`` when first found; ``open`` once ``confirmations`` checks in a row found
+  drift (a single unlucky check never reaches a webhook);
+- an open alert is ``updated`` when more devices or features join it;
+- ``resolved`` after ``resolve_after`` checks in a row found none; a pending alert the
+  next check does not confirm is ``dismissed``.
+
+A check with too few samples to judge (devices idle) changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from controller import window_merge as wm
+from controller.drift_stats import FeatureBins, FeatureDrift, detect_drift_groups
+
+PENDING, OPEN, RESOLVED, DISMISSED = "pending", "open", "resolved", "dismissed"
+ACTIVE = (PENDING, OPEN)
+OPENED, UPDATED, CLOSED = "drift_alert.opened", "drift_alert.updated", "drift_alert.resolved"
+
+
+def merge_windows(
+    parts: Iterable[tuple[str, Mapping[str, Any]]], bins: Mapping[str, FeatureBins]
+) -> tuple[dict[str, dict[str, wm.FeatureStats]], list[str]]:
+    """Sum ``(group, features)`` windows per group, keeping only the features the
+    reference knows with its bucket count. Returns the sums and what was skipped."""
+    merged: dict[str, dict[str, wm.FeatureStats]] = {}
+    problems: list[str] = []
+    for group, features in parts:
+        into = merged.setdefault(group, {})
+        for name, stats in features.items():
+            ref = bins.get(name)
+            if ref is None:
+                continue  # a feature of another extractor config: nothing to compare with
+            if len(stats["counts"]) != len(ref.counts):
+                problems.append(
+                    f"{group}: feature {name!r} has {len(stats['counts'])} buckets, "
+                    f"the reference {len(ref.counts)}"
+                )
+                continue
+            into[name] = wm.add_stats(into.get(name) or wm.empty_stats(len(ref.counts)), stats)
+    return merged, problems
+
+
+def counts_of(merged: Mapping[str, wm.FeatureStats]) -> dict[str, list[int]]:
+    return {name: list(stats["counts"]) for name, stats in merged.items()}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check of one bundle: per device figures, and who drifts on what."""
+
+    tested: int  # device x feature tests with enough samples for a verdict
+    per_device: Mapping[str, list[FeatureDrift]]
+    # feature -> devices on which it drifts
+    drifting: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def judged(self) -> bool:
+        return self.tested > 0
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(sorted({d for devices in self.drifting.values() for d in devices}))
+
+
+def find_drift(
+    bins: Mapping[str, FeatureBins],
+    per_device: Mapping[str, Mapping[str, wm.FeatureStats]],
+    *,
+    alpha: float,
+    min_samples: int,
+) -> Finding:
+    figures = detect_drift_groups(
+        bins,
+        {device: counts_of(merged) for device, merged in per_device.items()},
+        alpha=alpha,
+        min_samples=min_samples,
+    )
+    drifting: dict[str, list[str]] = {}
+    for device, rows in sorted(figures.items()):
+        for row in rows:
+            if row.drifted:
+                drifting.setdefault(row.name, []).append(device)
+    tested = sum(1 for rows in figures.values() for row in rows if row.n >= min_samples)
+    return Finding(tested, figures, {name: tuple(d) for name, d in sorted(drifting.items())})
+
+
+def drifting_since(steps: Sequence[tuple[float, bool | None]]) -> float | None:
+    """Start of the run of drifting steps that reaches the newest judged step.
+
+    ``steps``: (step start, verdict) oldest first; None is a step too thin to judge,
+    which neither breaks nor starts a run. None when the newest judged step is quiet.
+    """
+    since = None
+    for start, drifted in steps:
+        if drifted is None:
+            continue
+        if drifted:
+            since = start if since is None else since
+        else:
+            since = None
+    return since
+
+
+@dataclass(frozen=True)
+class AlertFeature:
+    """One drifting feature of an alert; the figures merge its drifting devices."""
+
+    name: str
+    devices: tuple[str, ...]
+    since: float
+    figures: Mapping[str, Any]  # FeatureDrift fields of the latest check
+
+
+@dataclass(frozen=True)
+class AlertState:
+    status: str
+    opened_at: float
+    last_seen_at: float
+    confirmations: int = 1
+    quiet_checks: int = 0
+    resolved_at: float | None = None
+    features: tuple[AlertFeature, ...] = ()
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(sorted({d for f in self.features for d in f.devices}))
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    confirmations: int = 2
+    resolve_after: int = 3
+
+
+def _joined(old: Sequence[AlertFeature], new: Sequence[AlertFeature]) -> tuple[AlertFeature, ...]:
+    """The features found now, keeping when each started; earlier ones stay listed."""
+    known = {f.name: f for f in old}
+    out = {f.name: f for f in old}
+    for feature in new:
+        before = known.get(feature.name)
+        since = feature.since if before is None else min(before.since, feature.since)
+        devices = feature.devices if before is None else tuple(
+            sorted(set(before.devices) | set(feature.devices))
+        )  # fmt: skip
+        out[feature.name] = replace(feature, since=since, devices=devices)
+    return tuple(out[name] for name in sorted(out))
+
+
+def step_alert(
+    alert: AlertState | None,
+    finding: Finding,
+    features: Sequence[AlertFeature],
+    now: float,
+    policy: AlertPolicy,
+) -> tuple[AlertState | None, str | None]:
+    """The alert after one check, and the event to deliver (None: nothing to tell).
+
+    ``alert`` is the bundle's active (pending or open) alert, if any; ``features`` are
+    the drifting features this check found, with their figures.
+    """
+    if not finding.judged:
+        return alert, None
+    if features:
+        if alert is None:
+            status = OPEN if policy.confirmations <= 1 else PENDING
+            state = AlertState(status, now, now, features=tuple(sorted(features, key=_name)))
+            return state, (OPENED if status == OPEN else None)
+        joined = _joined(alert.features, features)
+        confirmations = alert.confirmations + 1
+        state = replace(
+            alert, last_seen_at=now, confirmations=confirmations, quiet_checks=0, features=joined
+        )
+        if alert.status == PENDING:
+            if confirmations >= policy.confirmations:
+                return replace(state, status=OPEN, opened_at=now), OPENED
+            return state, None
+        grew = set(state.devices) > set(alert.devices) or len(joined) > len(alert.features)
+        return state, (UPDATED if grew else None)
+    if alert is None:
+        return None, None
+    if alert.status == PENDING:
+        return replace(alert, status=DISMISSED, resolved_at=now), None
+    quiet = alert.quiet_checks + 1
+    if quiet >= policy.resolve_after:
+        return replace(alert, status=RESOLVED, quiet_checks=quiet, resolved_at=now), CLOSED
+    return replace(alert, quiet_checks=quiet), None
+
+
+def _name(feature: AlertFeature) -> str:
+    return feature.name

@@ -1,0 +1,272 @@
+"""The periodic drift check and its alerts (rows), with webhook deliveries to send.
+
+:func:`run_drift_check` tests the last ``drift_window_s`` of every bundle's drift
+windows (see :mod:`controller.drift_watch` for the decision), records what drifts as
+an alert naming the bundle, the model version it was built from, the devices and the
+feature figures, and queues one webhook delivery per URL for each event an operator
+or a retraining pipeline should hear of (opened, updated, resolved).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from controller import drift_watch as dw
+from controller import window_merge as wm
+from controller.drift_references import DriftReferences, Reference, is_prediction
+from controller.drift_stats import detect_drift, feature_figures
+from controller.errors import InvalidRequestError, NotFoundError
+from controller.models import Model, ModelVersion
+from controller.monitoring_models import DriftAlert, WebhookDelivery
+from controller.monitoring_settings import MonitoringSettings
+from controller.services.window_store import DriftPart, Query, drift_bundles, drift_parts
+from firmware_bundles.errors import BundleError
+
+log = logging.getLogger(__name__)
+SINCE_STEPS = 6  # steps of the check window in which a new drift's start is placed
+STATUSES = (dw.PENDING, dw.OPEN, dw.RESOLVED, dw.DISMISSED)
+
+
+@dataclass(frozen=True)
+class CheckSummary:
+    bundles: int = 0
+    alerts_changed: int = 0
+    events: int = 0
+
+
+def _onset(
+    parts: Sequence[DriftPart], ref: Reference, feature: str, devices: Sequence[str],
+    since: float, window_s: float, *, alpha: float, min_samples: int,
+) -> float:  # fmt: skip
+    """When ``feature`` started drifting on ``devices`` within the check window."""
+    bins = {feature: ref.bins()[feature]}
+    step_s = window_s / SINCE_STEPS
+    slots: list[list[tuple[str, Any]]] = [[] for _ in range(SINCE_STEPS)]
+    chosen = set(devices)
+    for part in parts:
+        if part.device_id in chosen:
+            index = min(SINCE_STEPS - 1, max(0, int((part.last_end - since) // step_s)))
+            slots[index].append(("d", part.features))
+    steps = []
+    for index, slot in enumerate(slots):
+        merged, _ = dw.merge_windows(slot, bins)
+        counts = dw.counts_of(merged.get("d", {}))
+        verdict = detect_drift(bins, counts, alpha=alpha, min_samples=min_samples) if counts else []
+        steps.append(
+            (
+                since + index * step_s,
+                None if not verdict or verdict[0].n < min_samples else verdict[0].drifted,
+            )
+        )
+    started = dw.drifting_since(steps)
+    return since if started is None else started
+
+
+def _found_features(
+    parts: Sequence[DriftPart], ref: Reference, finding: dw.Finding,
+    per_device: dict[str, dict[str, wm.FeatureStats]], since: float,
+    settings: MonitoringSettings,
+) -> list[dw.AlertFeature]:  # fmt: skip
+    bins = ref.bins()
+    found = []
+    for name, devices in finding.drifting.items():
+        merged = wm.merge_features({name: per_device[d][name]} for d in devices)[name]
+        figures = feature_figures(name, bins[name], merged["counts"], drifted=True)
+        since_at = _onset(
+            parts, ref, name, devices, since, settings.drift_window_s,
+            alpha=settings.drift_alpha, min_samples=settings.drift_min_samples,
+        )  # fmt: skip
+        data = {**asdict(figures), "kind": "prediction" if is_prediction(name) else "input"}
+        found.append(dw.AlertFeature(name, tuple(devices), since_at, data))
+    return found
+
+
+def _state_of(row: DriftAlert) -> dw.AlertState:
+    return dw.AlertState(
+        status=row.status,
+        opened_at=row.opened_at,
+        last_seen_at=row.last_seen_at,
+        confirmations=row.confirmations,
+        quiet_checks=row.quiet_checks,
+        resolved_at=row.resolved_at,
+        features=tuple(
+            dw.AlertFeature(
+                f["name"],
+                tuple(f["devices"]),
+                f["since"],
+                {k: v for k, v in f.items() if k not in ("name", "devices", "since")},
+            )  # fmt: skip
+            for f in row.features
+        ),
+    )
+
+
+def _model_of(session: Session, ref: Reference) -> tuple[str, str]:
+    if ref.model_version_id is None:
+        return "", ""
+    found = session.execute(
+        sa.select(Model.name, ModelVersion.version)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .where(ModelVersion.id == ref.model_version_id)
+    ).first()
+    return (found[0], found[1]) if found else ("", "")
+
+
+def _write(row: DriftAlert, state: dw.AlertState) -> None:
+    row.status = state.status
+    row.opened_at = state.opened_at
+    row.last_seen_at = state.last_seen_at
+    row.confirmations = state.confirmations
+    row.quiet_checks = state.quiet_checks
+    row.resolved_at = state.resolved_at
+    row.devices = list(state.devices)
+    row.features = [
+        {"name": f.name, "devices": list(f.devices), "since": f.since, **f.figures}
+        for f in state.features
+    ]
+    row.summary = summarize(state)
+
+
+def summarize(state: dw.AlertState) -> str:
+    if not state.features:
+        return ""
+    parts = [
+        f"{f.name} on {len(f.devices)} device(s) since {_clock(f.since)} "
+        f"(PSI {f.figures.get('psi', 0.0):.3f})"
+        for f in state.features[:5]
+    ]
+    more = f" and {len(state.features) - 5} more" if len(state.features) > 5 else ""
+    return "drift: " + "; ".join(parts) + more
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def alert_to_dict(row: DriftAlert) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "status": row.status,
+        "bundle": {
+            "manifest_sha256": row.bundle_sha256,
+            "name": row.bundle_name,
+            "version": row.bundle_version,
+        },
+        "model": {"name": row.model_name or None, "version": row.model_version or None},
+        "opened_at": row.opened_at,
+        "last_seen_at": row.last_seen_at,
+        "resolved_at": row.resolved_at,
+        "confirmations": row.confirmations,
+        "devices": list(row.devices),
+        "features": list(row.features),
+        "summary": row.summary,
+    }
+
+
+def _queue_deliveries(
+    session: Session, row: DriftAlert, event: str, settings: MonitoringSettings, now: float
+) -> int:
+    for url in settings.alert_webhooks:
+        delivery = WebhookDelivery(
+            alert_id=row.id, event=event, url=url, attempts=0, next_attempt_at=now,
+            payload={"event": event, "at": now, "alert": alert_to_dict(row)},
+        )  # fmt: skip
+        session.add(delivery)
+    return len(settings.alert_webhooks)
+
+
+def check_bundle(
+    session: Session, ref: Reference, settings: MonitoringSettings, now: float
+) -> tuple[bool, int]:
+    """Check one bundle; (alert changed, events queued). The caller commits."""
+    since = now - settings.drift_window_s
+    parts = list(drift_parts(session, Query(bundle=ref.bundle_sha256, since=since)))
+    per_device, problems = dw.merge_windows(((p.device_id, p.features) for p in parts), ref.bins())
+    for problem in problems[:5]:
+        log.warning("drift check of %s@%s skipped %s", ref.bundle_name, ref.bundle_version,
+                    problem)  # fmt: skip
+    finding = dw.find_drift(
+        ref.bins(), per_device, alpha=settings.drift_alpha, min_samples=settings.drift_min_samples
+    )
+    found = _found_features(parts, ref, finding, per_device, since, settings)
+    row = session.scalar(
+        sa.select(DriftAlert)
+        .where(DriftAlert.bundle_sha256 == ref.bundle_sha256, DriftAlert.status.in_(dw.ACTIVE))
+        .order_by(DriftAlert.opened_at.desc())
+        .limit(1)
+        .with_for_update()
+    )
+    before = None if row is None else _state_of(row)
+    policy = dw.AlertPolicy(settings.drift_confirmations, settings.drift_resolve_after)
+    state, event = dw.step_alert(before, finding, found, now, policy)
+    if state is None or state == before:
+        return False, 0
+    if row is None:
+        model_name, model_version = _model_of(session, ref)
+        row = DriftAlert(
+            id=uuid.uuid4().hex, bundle_sha256=ref.bundle_sha256, bundle_name=ref.bundle_name,
+            bundle_version=ref.bundle_version, model_name=model_name,
+            model_version=model_version,
+        )  # fmt: skip
+        session.add(row)
+    _write(row, state)
+    if event is not None:
+        session.flush()
+        log.warning("drift alert %s %s: %s@%s: %s", row.id, event.rsplit(".", 1)[-1],
+                    row.bundle_name, row.bundle_version, row.summary)  # fmt: skip
+        return True, _queue_deliveries(session, row, event, settings, now)
+    return True, 0
+
+
+def run_drift_check(
+    session: Session, references: DriftReferences, settings: MonitoringSettings, now: float
+) -> CheckSummary:
+    """Check every bundle that sent drift windows in the check window. An alert whose
+    devices send nothing stays as it is: there is no evidence either way."""
+    shas = drift_bundles(session, now - settings.drift_window_s)
+    changed = events = 0
+    for sha in shas:
+        try:
+            ref = references.get(session, sha)
+        except BundleError as exc:
+            log.error("drift check: bundle %s skipped: %s", sha[:12], exc)
+            continue
+        if ref is None:
+            continue
+        did, queued = check_bundle(session, ref, settings, now)
+        changed += did
+        events += queued
+    return CheckSummary(len(shas), changed, events)
+
+
+def list_alerts(
+    session: Session, *, status: str | None, bundle: str | None, limit: int
+) -> list[DriftAlert]:
+    if status is not None and status not in STATUSES:
+        raise InvalidRequestError(f"status {status!r} is not one of {list(STATUSES)}")
+    query = sa.select(DriftAlert).order_by(DriftAlert.opened_at.desc(), DriftAlert.id)
+    if status is not None:
+        query = query.where(DriftAlert.status == status)
+    if bundle is not None:
+        query = query.where(DriftAlert.bundle_sha256 == bundle)
+    return list(session.scalars(query.limit(limit)))
+
+
+def get_alert(session: Session, alert_id: str) -> tuple[DriftAlert, list[WebhookDelivery]]:
+    row = session.get(DriftAlert, alert_id[:32])
+    if row is None:
+        raise NotFoundError(f"no drift alert {alert_id[:40]!r}")
+    deliveries = session.scalars(
+        sa.select(WebhookDelivery)
+        .where(WebhookDelivery.alert_id == row.id)
+        .order_by(WebhookDelivery.id)
+    )
+    return row, list(deliveries)
