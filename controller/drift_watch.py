@@ -16,6 +16,7 @@ A check with too few samples to judge (devices idle) changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -93,6 +94,12 @@ def find_drift(
                 drifting.setdefault(row.name, []).append(device)
     tested = sum(1 for rows in figures.values() for row in rows if row.n >= min_samples)
     return Finding(tested, figures, {name: tuple(d) for name, d in sorted(drifting.items())})
+
+
+def step_of(end: float, since: float, step_s: float, steps: int) -> int:
+    """Which of ``steps`` equal steps from ``since`` holds a window that ended at
+    ``end`` (step k covers (since + k*step_s, since + (k+1)*step_s])."""
+    return min(steps - 1, max(0, math.ceil((end - since) / step_s) - 1))
 
 
 def drifting_since(steps: Sequence[tuple[float, bool | None]]) -> float | None:

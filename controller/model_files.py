@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path, PurePath
 
+from controller.blobstore import BlobStore
 from controller.errors import InvalidRequestError
+from controller.models import ModelVersion
+from firmware_bundles.builder import MODEL_FILE_NAMES
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
 TFLITE_IDENTIFIER = b"TFL3"
@@ -54,3 +57,11 @@ def _check_onnx(path: Path, filename: str) -> None:
         raise InvalidRequestError(
             f"file {filename!r} is not an ONNX model: no IR version or no graph outputs"
         )
+
+
+def link_model_file(store: BlobStore, version: ModelVersion, work: Path) -> Path:
+    """A path under ``work`` for ``version``'s model file, named so that its runtime can
+    be told from its suffix (the blob store keeps bare digests)."""
+    path = work / MODEL_FILE_NAMES[version.runtime]
+    path.symlink_to(store.existing_path(version.sha256).resolve())
+    return path

@@ -1,10 +1,12 @@
-"""Tables for fleet monitoring: window roll-ups, drift alerts, webhook deliveries, leases.
+"""Tables for fleet monitoring: window roll-ups, drift alerts, webhook deliveries, leases,
+and the reference data of model versions.
 
 Raw telemetry and drift windows (:mod:`controller.models`) are kept for
 ``EDGEFLEET_TELEMETRY_RAW_RETENTION_S``; then they are summed into one roll-up row per
-device, bundle and time bucket (``EDGEFLEET_TELEMETRY_BUCKET_S``), which remembers the
-window numbers it holds (so a late copy of a window is not counted twice) and is kept
-for ``EDGEFLEET_TELEMETRY_RETENTION_S``. See :mod:`controller.services.telemetry_rollup`.
+device, bundle and time bucket (``EDGEFLEET_TELEMETRY_BUCKET_S``, by window end), which
+remembers the window numbers it holds (so a late copy of a window is not counted twice)
+and is kept for ``EDGEFLEET_TELEMETRY_RETENTION_S``. See
+:mod:`controller.services.window_store`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class TelemetryRollup(Base):
     error_count: Mapped[int] = mapped_column(sa.BigInteger)
     latency_histogram: Mapped[dict[str, Any]]
     first_start: Mapped[float]
+    first_end: Mapped[float]  # earliest and latest end of a window in it
     last_end: Mapped[float]
     # Window numbers summed in here: [[first, last], ...] (controller.window_merge).
     seqs: Mapped[list[Any]] = mapped_column(sa.JSON)
@@ -55,6 +58,7 @@ class DriftRollup(Base):
     windows: Mapped[int] = mapped_column(sa.BigInteger)
     features: Mapped[dict[str, Any]]
     first_start: Mapped[float]
+    first_end: Mapped[float]  # earliest and latest end of a window in it
     last_end: Mapped[float]
     seqs: Mapped[list[Any]] = mapped_column(sa.JSON)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -120,4 +124,19 @@ class WebhookDelivery(Base):
     last_error: Mapped[str] = mapped_column(sa.Text, default="")
     lease_owner: Mapped[str | None] = mapped_column(sa.String(128))
     lease_until: Mapped[float | None]
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersionReference(Base):
+    """Reference data of a model version (an ``.npz`` of model inputs in the blob store):
+    every bundle built from the version carries drift bins computed from it."""
+
+    __tablename__ = "model_version_references"
+
+    model_version_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("model_versions.id"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    rows: Mapped[int] = mapped_column(sa.BigInteger)
+    features: Mapped[list[str]]
     created: Mapped[datetime] = mapped_column(default=utcnow)

@@ -87,6 +87,12 @@ class ModelVersionOut(BaseModel):
         )
 
 
+class DriftReferenceOut(BaseModel):
+    sha256: str
+    rows: int
+    features: list[str] = Field(description="features binned: inputs, then 'output:...'")
+
+
 class ModelOut(BaseModel):
     name: str
     created: datetime

@@ -20,9 +20,11 @@ FeatureStats = dict[str, Any]  # {"counts": [...], "missing", "n", "min", "max",
 Ranges = list[list[int]]  # sorted, disjoint, inclusive [first, last] pairs
 
 
-def bucket_start(ts: float, bucket_s: float) -> float:
-    """Start of the roll-up bucket holding time ``ts``."""
-    return math.floor(ts / bucket_s) * bucket_s
+def bucket_start(end: float, bucket_s: float) -> float:
+    """Start of the roll-up bucket of a window that ended at ``end``: bucket ``b`` holds
+    the windows ending in ``(b, b + bucket_s]``, as a range query ``(since, until]``
+    selects windows by their end, so a range on bucket edges takes whole buckets."""
+    return (math.ceil(end / bucket_s) - 1) * bucket_s
 
 
 def empty_stats(buckets: int) -> FeatureStats:

@@ -11,19 +11,49 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_bundles.builder import BuiltBundle, build_bundle
 from firmware_bundles.drift_reference import (
     ExtractorConfig,
     FeatureExtractor,
+    FeatureRef,
     build_reference,
     encode_reference,
 )
 from firmware_bundles.errors import ManifestError
 from firmware_bundles.golden import Arrays, encode_arrays, generate_inputs
 from firmware_bundles.manifest import ZSTD, HealthCheck
-from firmware_bundles.runtimes import load_runner
+from firmware_bundles.runtimes import ModelRunner, load_runner
+
+# Reference quantile bins (10 by default) need enough rows to mean anything.
+MIN_REFERENCE_ROWS = 100
+
+
+def reference_for(
+    runner: ModelRunner, data: Arrays, config: ExtractorConfig | None = None
+) -> tuple[dict[str, FeatureRef], ExtractorConfig]:
+    """Drift reference bins of ``data`` (model inputs) and of the model's outputs on it.
+
+    Raises:
+        ManifestError: ``data`` lacks an input of the model, or has too few rows.
+    """
+    missing = [spec.name for spec in runner.inputs if spec.name not in data]
+    if missing:
+        raise ManifestError(
+            f"drift reference data lacks model input(s) {missing} (it has {sorted(data)})"
+        )
+    rows = {len(data[spec.name]) if np.ndim(data[spec.name]) else 1 for spec in runner.inputs}
+    if len(rows) != 1 or min(rows) < MIN_REFERENCE_ROWS:
+        raise ManifestError(
+            f"drift reference data needs one row count of at least {MIN_REFERENCE_ROWS} "
+            f"across inputs, got {sorted(rows)}"
+        )
+    config = config or ExtractorConfig()
+    feeds = {spec.name: data[spec.name] for spec in runner.inputs}
+    extractor = FeatureExtractor(runner.inputs, runner.outputs, config)
+    return build_reference(extractor, feeds, runner.run(feeds)), config
 
 
 def runtime_for(model_path: Path) -> str:
@@ -68,10 +98,7 @@ def bundle_from_model_file(
     outputs = golden_outputs if golden_outputs is not None else runner.run(feeds)
     extra: dict[str, tuple[str, bytes]] = {}
     if drift_reference is not None:
-        # Reference = the model's inputs *and* its outputs on them (prediction drift).
-        config = drift_config or ExtractorConfig()
-        extractor = FeatureExtractor(runner.inputs, runner.outputs, config)
-        refs = build_reference(extractor, drift_reference, runner.run(drift_reference))
+        refs, config = reference_for(runner, drift_reference, drift_config)
         extra["drift_reference.json"] = ("drift_reference", encode_reference(refs, config))
     return build_bundle(
         name=name,

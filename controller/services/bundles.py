@@ -20,13 +20,14 @@ from sqlalchemy.orm import Session
 
 from controller.blobstore import SHA256_RE, BlobStore, StagedBlob
 from controller.errors import ConflictError, InvalidRequestError, NotFoundError
+from controller.model_files import link_model_file
 from controller.models import Bundle
 from controller.names import check_name
 from controller.release_keys import ReleaseKeys
 from controller.schemas import BundleCreate
 from controller.services.compression_jobs import report_for_version
 from controller.services.model_registry import get_version
-from firmware_bundles.builder import MODEL_FILE_NAMES
+from controller.services.reference_data import reference_arrays
 from firmware_bundles.errors import BundleError, EdgeFleetError, MissingFileError
 from firmware_bundles.from_model import bundle_from_model_file
 from firmware_bundles.manifest import FileEntry, HealthCheck, Manifest
@@ -100,9 +101,7 @@ def build_bundle(
         counter = next_release_counter(session, name)
     health = HealthCheck(**request.health_check.model_dump()) if request.health_check else None
     with tempfile.TemporaryDirectory(prefix="edgefleet-build-") as work:
-        # The runtime is read from the file name; the blob store keeps bare digests.
-        model_path = Path(work) / MODEL_FILE_NAMES[version.runtime]
-        model_path.symlink_to(store.existing_path(version.sha256).resolve())
+        model_path = link_model_file(store, version, Path(work))
         try:
             built = bundle_from_model_file(
                 model_path,
@@ -117,6 +116,8 @@ def build_bundle(
                 trial=request.trial.to_policy() if request.trial else None,
                 # A version made by a compression job ships the job's report (recipe, table).
                 compression=report_for_version(session, version.id),
+                # Reference data attached to the version: the bundle ships drift bins.
+                drift_reference=reference_arrays(session, store, version),
             )
         except EdgeFleetError:
             raise

@@ -53,7 +53,7 @@ def _onset(
     chosen = set(devices)
     for part in parts:
         if part.device_id in chosen:
-            index = min(SINCE_STEPS - 1, max(0, int((part.last_end - since) // step_s)))
+            index = dw.step_of(part.last_end, since, step_s, SINCE_STEPS)
             slots[index].append(("d", part.features))
     steps = []
     for index, slot in enumerate(slots):

@@ -46,7 +46,7 @@ def _timeline(
     bins = ref.bins()
     slots: list[list[tuple[str, Mapping[str, Any]]]] = [[] for _ in range(steps)]
     for part in parts:
-        index = min(steps - 1, max(0, int((part.last_end - since) // step_s)))
+        index = dw.step_of(part.last_end, since, step_s, steps)
         slots[index].append(("fleet", part.features))
     timeline: dict[str, list[dict[str, Any]]] = {name: [] for name in bins}
     for index, slot in enumerate(slots):

@@ -62,7 +62,7 @@ def resolve_scope(session: Session, scope: Scope) -> Resolved:
         )
         if scope.wave is not None:
             query = query.where(RolloutDevice.wave == scope.wave - 1)
-        waves = {device: wave + 1 for device, wave in session.execute(query).tuples()}
+        waves = {device: wave + 1 for device, wave in session.execute(query).all()}
     if scope.whole_fleet:
         return Resolved(None, waves, rollout)
     candidates: Sequence[str] | None = None

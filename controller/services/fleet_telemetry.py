@@ -67,7 +67,7 @@ def summarize(
     resolved = resolve_scope(session, scope)
     classes: dict[str, str | None] = {}
     if "hardware_class" in group_by:
-        classes = dict(session.execute(sa.select(Device.id, Device.hardware_class)).tuples())
+        classes = dict(session.execute(sa.select(Device.id, Device.hardware_class)).all())
     groups: dict[tuple[Any, ...], _Group] = {}
     query = Query(devices=resolved.devices, bundle=bundle, since=since, until=until)
     for part in telemetry_parts(session, query):

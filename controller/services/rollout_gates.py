@@ -10,7 +10,9 @@
   features whose merged counts on the rollout's devices drift from the bundle's
   reference (chi-square with Benjamini-Hochberg, as the drift check decides).
 
-Nothing here decides: :mod:`controller.rollout_engine` judges the figures.
+Telemetry is read raw and from roll-ups alike (:mod:`controller.services.window_store`),
+so a rollout longer than the raw retention keeps its evidence. Nothing here decides:
+:mod:`controller.rollout_engine` judges the figures.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from sqlalchemy.orm import Session
 from controller.drift_references import DriftReferences, is_prediction
 from controller.drift_stats import detect_drift
 from controller.drift_watch import counts_of, merge_windows
-from controller.models import Rollout, RolloutDevice, TelemetryWindow
+from controller.models import Rollout, RolloutDevice
 from controller.rollout_engine import GateMetrics
 from controller.rollout_policy import RolloutPolicy
-from controller.services.window_store import Query, drift_parts
+from controller.services.window_store import Query, drift_parts, telemetry_parts, telemetry_sums
 from firmware_bundles import latency_histogram as lh
 
 
@@ -43,59 +45,44 @@ class GateSettings:
     drift_min_samples: int = 200
 
 
-def _error_counts(session: Session, rollout: Rollout, since: float) -> tuple[int, int]:
-    query = (
-        sa.select(
-            sa.func.coalesce(sa.func.sum(TelemetryWindow.inference_count), 0),
-            sa.func.coalesce(sa.func.sum(TelemetryWindow.error_count), 0),
-        )
-        .join(
-            RolloutDevice,
-            sa.and_(
-                RolloutDevice.device_id == TelemetryWindow.device_id,
-                RolloutDevice.rollout_id == rollout.id,
-            ),
-        )
-        .where(TelemetryWindow.bundle_sha256 == rollout.bundle.manifest_sha256)
-        .where(TelemetryWindow.window_end >= since)
+def _rollout_devices(session: Session, rollout: Rollout) -> dict[str, str | None]:
+    """The rollout's devices -> the bundle each ran when notified (None: none)."""
+    query = sa.select(RolloutDevice.device_id, RolloutDevice.previous_sha256).where(
+        RolloutDevice.rollout_id == rollout.id
     )
-    inferences, errors = session.execute(query).one()
-    return int(inferences), int(errors)
+    return dict(session.execute(query).all())
+
+
+def _error_counts(
+    session: Session, rollout: Rollout, devices: list[str], since: float
+) -> tuple[int, int]:
+    query = Query(devices=devices, bundle=rollout.bundle.manifest_sha256, since=since)
+    return telemetry_sums(session, query)
 
 
 def _latency_ratio(
-    session: Session, rollout: Rollout, since: float, settings: GateSettings
+    session: Session,
+    rollout: Rollout,
+    previous: dict[str, str | None],
+    since: float,
+    settings: GateSettings,
 ) -> tuple[float | None, int]:
     target = rollout.bundle.manifest_sha256
-    query = (
-        sa.select(
-            TelemetryWindow.device_id,
-            TelemetryWindow.bundle_sha256,
-            TelemetryWindow.latency_histogram,
-        )
-        .join(
-            RolloutDevice,
-            sa.and_(
-                RolloutDevice.device_id == TelemetryWindow.device_id,
-                RolloutDevice.rollout_id == rollout.id,
-            ),
-        )
-        .where(RolloutDevice.previous_sha256.is_not(None))
-        .where(
-            sa.or_(
-                TelemetryWindow.bundle_sha256 == target,
-                TelemetryWindow.bundle_sha256 == RolloutDevice.previous_sha256,
-            )
-        )
-        .where(TelemetryWindow.window_end >= since - settings.latency_lookback_s)
-        .where(TelemetryWindow.latency_histogram.is_not(None))
-    )
     new: dict[str, dict[int, int]] = defaultdict(dict)
     old: dict[str, dict[int, int]] = defaultdict(dict)
-    for device_id, bundle_sha, raw in session.execute(query):
-        histogram = lh.parse_histogram(raw, "stored latency histogram")
-        into = new if bundle_sha == target else old
-        into[device_id] = lh.merge((into[device_id], histogram))
+    query = Query(
+        devices=[d for d, sha in previous.items() if sha is not None],
+        since=since - settings.latency_lookback_s,
+    )
+    for part in telemetry_parts(session, query):
+        if part.bundle_sha256 == target:
+            into = new
+        elif part.bundle_sha256 == previous.get(part.device_id):
+            into = old
+        else:
+            continue
+        histogram = lh.parse_histogram(part.histogram, "stored latency histogram")
+        into[part.device_id] = lh.merge((into[part.device_id], histogram))
     floor = settings.latency_min_inferences
     devices = [
         d for d in new if sum(new[d].values()) >= floor and sum(old.get(d, {}).values()) >= floor
@@ -112,6 +99,7 @@ def _latency_ratio(
 def _drift(
     session: Session,
     rollout: Rollout,
+    devices: list[str],
     since: float,
     settings: GateSettings,
     references: DriftReferences,
@@ -121,10 +109,7 @@ def _drift(
     ref = references.get(session, rollout.bundle.manifest_sha256)
     if ref is None:
         return {"drift_detail": "the bundle has no drift reference"}
-    devices = session.scalars(
-        sa.select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rollout.id)
-    )
-    query = Query(devices=list(devices), bundle=ref.bundle_sha256, since=since)
+    query = Query(devices=devices, bundle=ref.bundle_sha256, since=since)
     bins = ref.bins()
     merged, _ = merge_windows((("all", p.features) for p in drift_parts(session, query)), bins)
     counts = counts_of(merged.get("all", {}))
@@ -161,14 +146,18 @@ def gate_metrics(
     """
     if rollout.started_at is None:
         return GateMetrics()
-    inferences, errors = _error_counts(session, rollout, rollout.started_at)
+    previous = _rollout_devices(session, rollout)
+    devices = list(previous)
+    inferences, errors = _error_counts(session, rollout, devices, rollout.started_at)
     ratio, latency_devices = None, 0
     kinds = {c.kind for c in policy.abort}
     if "latency_ratio" in kinds:
-        ratio, latency_devices = _latency_ratio(session, rollout, rollout.started_at, settings)
+        ratio, latency_devices = _latency_ratio(
+            session, rollout, previous, rollout.started_at, settings
+        )
     drift: dict[str, Any] = {}
     if kinds & {"input_drift", "prediction_drift"} and references is not None:
-        drift = _drift(session, rollout, rollout.started_at, settings, references)
+        drift = _drift(session, rollout, devices, rollout.started_at, settings, references)
     return GateMetrics(
         error_rate=errors / inferences if inferences else None,
         error_samples=inferences,

@@ -9,9 +9,9 @@ at ingest (:func:`drop_rolled_up`). Roll-ups expire after the retention.
 
 Readers get both kinds through :func:`telemetry_parts` and :func:`drift_parts`: a
 roll-up is a window like any other (counts add up exactly), so every query merges them
-the same way. A window counts at the time it ended; a roll-up counts when any window in
-it ended inside the range asked for, so ranges reaching past the raw retention are
-answered at bucket granularity.
+the same way. A window counts at the time it ended (a range is ``(since, until]``); a
+roll-up counts when any window in it ended inside the range, so a range reaching past
+the raw retention is answered at bucket granularity (exactly, on bucket edges).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class DriftPart:
 
 @dataclass(frozen=True)
 class Query:
-    """Which windows: of these devices (None: all), this bundle, ending in [since, until)."""
+    """Which windows: of these devices (None: all), this bundle, ending in (since, until]."""
 
     devices: Sequence[str] | None = None
     bundle: str | None = None
@@ -77,9 +77,9 @@ def _raw_filter(select: Any, model: Any, query: Query, devices: Sequence[str] | 
     if query.bundle is not None:
         select = select.where(model.bundle_sha256 == query.bundle)
     if query.since is not None:
-        select = select.where(model.window_end >= query.since)
+        select = select.where(model.window_end > query.since)
     if query.until is not None:
-        select = select.where(model.window_end < query.until)
+        select = select.where(model.window_end <= query.until)
     return select
 
 
@@ -89,9 +89,9 @@ def _rollup_filter(select: Any, model: Any, query: Query, devices: Sequence[str]
     if query.bundle is not None:
         select = select.where(model.bundle_sha256 == query.bundle)
     if query.since is not None:
-        select = select.where(model.last_end >= query.since)
-    if query.until is not None:  # every window in it ended at or after bucket_start
-        select = select.where(model.bucket_start < query.until)
+        select = select.where(model.last_end > query.since)
+    if query.until is not None:
+        select = select.where(model.first_end <= query.until)
     return select
 
 
@@ -119,6 +119,23 @@ def telemetry_parts(session: Session, query: Query) -> Iterator[TelemetryPart]:
             )  # fmt: skip
 
 
+def telemetry_sums(session: Session, query: Query) -> tuple[int, int]:
+    """(inferences, errors) of the windows and roll-ups matching ``query``, summed in SQL."""
+    inferences = errors = 0
+    for devices in _device_batches(query):
+        for model in (TelemetryWindow, TelemetryRollup):
+            total = sa.select(
+                sa.func.coalesce(sa.func.sum(model.inference_count), 0),
+                sa.func.coalesce(sa.func.sum(model.error_count), 0),
+            )
+            filtered = (_raw_filter if model is TelemetryWindow else _rollup_filter)(
+                total, model, query, devices
+            )
+            count, errs = session.execute(filtered).one()
+            inferences, errors = inferences + int(count), errors + int(errs)
+    return inferences, errors
+
+
 def drift_parts(session: Session, query: Query) -> Iterator[DriftPart]:
     """Every raw drift window and roll-up matching ``query``."""
     for devices in _device_batches(query):
@@ -142,8 +159,8 @@ def drift_parts(session: Session, query: Query) -> Iterator[DriftPart]:
 
 
 def drift_bundles(session: Session, since: float) -> list[str]:
-    """Bundles with raw drift windows that ended at or after ``since``."""
-    query = sa.select(DriftWindow.bundle_sha256).where(DriftWindow.window_end >= since).distinct()
+    """Bundles with raw drift windows that ended after ``since``."""
+    query = sa.select(DriftWindow.bundle_sha256).where(DriftWindow.window_end > since).distinct()
     return sorted(session.scalars(query))
 
 
@@ -175,6 +192,7 @@ class _Sum:
     windows: int = 0
     seqs: wm.Ranges = field(default_factory=list)
     first_start: float = float("inf")
+    first_end: float = float("inf")
     last_end: float = float("-inf")
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -226,8 +244,8 @@ def _roll_table(
     for key, members in groups.items():
         stored = existing.get(key)
         total = (
-            _Sum(stored.windows, stored.seqs, stored.first_start, stored.last_end,
-                 _stored_values(stored))
+            _Sum(stored.windows, stored.seqs, stored.first_start, stored.first_end,
+                 stored.last_end, _stored_values(stored))
             if stored is not None
             else _Sum()
         )  # fmt: skip
@@ -238,6 +256,7 @@ def _roll_table(
             total.seqs = wm.ranges_add(total.seqs, row.seq)
             total.windows += 1
             total.first_start = min(total.first_start, row.window_start)
+            total.first_end = min(total.first_end, row.window_end)
             total.last_end = max(total.last_end, row.window_end)
             total.values = add(total.values, row)
             counts.rolled_up += 1
@@ -247,6 +266,7 @@ def _roll_table(
             "windows": total.windows,
             "seqs": total.seqs,
             "first_start": total.first_start,
+            "first_end": total.first_end,
             "last_end": total.last_end,
             **total.values,
         }

@@ -119,8 +119,8 @@ def test_a_day_of_windows_rolls_up_exactly_and_late_copies_count_once(
     assert roll_all(sessions, now=T0 + 8 * HOUR, batch=40) > 1  # several batches
     assert totals(sessions) == before
     assert count_rows(sessions, TelemetryWindow) == 0 and count_rows(sessions, DriftWindow) == 0
-    assert count_rows(sessions, TelemetryRollup) == 3 * 7  # windows ending on 7 hour buckets
-    assert count_rows(sessions, DriftRollup) == 3 * 7
+    assert count_rows(sessions, TelemetryRollup) == 3 * 6  # (T0, T0+1h] ... (T0+5h, T0+6h]
+    assert count_rows(sessions, DriftRollup) == 3 * 6
 
     # A device re-sends windows long after (an outbox resend): nothing changes.
     late = [telemetry("dev-1", 5, T0 + 6 * 600, 15), drift("dev-1", 5, T0 + 6 * 600, [5, 1, 2])]
@@ -155,7 +155,7 @@ def test_a_day_of_windows_rolls_up_exactly_and_late_copies_count_once(
 
     # Queries by device and time range see roll-ups at bucket granularity.
     hour2 = totals(sessions, Query(devices=["dev-0"], since=T0 + HOUR, until=T0 + 2 * HOUR))
-    assert hour2["windows"] == 6  # the windows ending in [T0+1h, T0+2h) of dev-0
+    assert hour2["windows"] == 6  # the windows of dev-0 ending in (T0+1h, T0+2h]
 
     # Past the retention, roll-ups go.
     with sessions() as session:
@@ -164,5 +164,5 @@ def test_a_day_of_windows_rolls_up_exactly_and_late_copies_count_once(
             bucket_s=HOUR, retention_s=7 * 24 * HOUR, batch=100,
         )  # fmt: skip
         session.commit()
-    assert counts.expired == 2 * 3 * 7
+    assert counts.expired == 2 * 3 * 6
     assert count_rows(sessions, TelemetryRollup) == count_rows(sessions, DriftRollup) == 0

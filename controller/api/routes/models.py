@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from controller.api.deps import SessionDep, SettingsDep, StoreDep
-from controller.schemas import ModelCreate, ModelOut, ModelVersionOut
-from controller.services import model_registry
+from controller.schemas import DriftReferenceOut, ModelCreate, ModelOut, ModelVersionOut
+from controller.services import model_registry, reference_data
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -52,3 +52,21 @@ def add_version(
 @router.get("/{name}/versions")
 def list_versions(name: str, session: SessionDep) -> list[ModelVersionOut]:
     return [ModelVersionOut.of(v) for v in model_registry.get_model(session, name).versions]
+
+
+@router.put("/{name}/versions/{version}/drift-reference")
+def set_drift_reference(
+    name: str,
+    version: str,
+    file: Annotated[UploadFile, File(description="an .npz of model inputs (reference data)")],
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> DriftReferenceOut:
+    """Attach reference data (usually the calibration or a training sample) to a model
+    version: every bundle built from it afterwards ships drift bins computed from it."""
+    row = reference_data.set_reference(
+        session, store, name=name, version=version, source=file.file,
+        max_bytes=settings.max_upload_bytes,
+    )  # fmt: skip
+    return DriftReferenceOut(sha256=row.sha256, rows=row.rows, features=row.features)

@@ -1,0 +1,76 @@
+"""Reference data for drift: an ``.npz`` of model inputs attached to a model version.
+
+Usually the calibration or a training sample. It is checked when uploaded (loaded
+without pickles, run through the model, binned as a bundle would bin it), so a bad
+file is refused then, naming the problem, rather than when a bundle is built. Every
+bundle built from the version afterwards carries the drift reference computed from it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy.orm import Session
+
+from controller.blobstore import BlobStore
+from controller.errors import InvalidRequestError
+from controller.model_files import link_model_file
+from controller.models import ModelVersion
+from controller.monitoring_models import ModelVersionReference
+from controller.services.model_registry import get_version
+from firmware_bundles.errors import BundleError
+from firmware_bundles.from_model import reference_for
+from firmware_bundles.golden import Arrays, decode_arrays
+from firmware_bundles.runtimes import load_runner
+
+
+def set_reference(
+    session: Session,
+    store: BlobStore,
+    *,
+    name: str,
+    version: str,
+    source: BinaryIO,
+    max_bytes: int,
+) -> ModelVersionReference:
+    """Attach (or replace) the reference data of model ``name`` version ``version``.
+
+    Raises:
+        NotFoundError: no such model or version.
+        PayloadTooLargeError: the file is over ``max_bytes``.
+        InvalidRequestError: not an ``.npz`` of the model's inputs the model can run.
+    """
+    row = get_version(session, name, version)
+    with store.stage(max_bytes=max_bytes) as staged:
+        staged.copy_from(source)
+        staged.finish()
+        with tempfile.TemporaryDirectory(prefix="edgefleet-ref-") as work:
+            try:
+                data = decode_arrays(staged.path.read_bytes(), "reference data")
+                runner = load_runner(row.runtime, link_model_file(store, row, Path(work)))
+                refs, _ = reference_for(runner, data)
+            except BundleError as exc:
+                raise InvalidRequestError(str(exc)) from None
+            except Exception as exc:  # the runtimes raise their own untyped errors
+                raise InvalidRequestError(
+                    f"model {name}@{version} cannot run the reference data: {exc}"
+                ) from exc
+        digest = staged.commit()
+    rows = len(next(iter(data.values())))
+    reference = session.get(ModelVersionReference, row.id) or ModelVersionReference(
+        model_version_id=row.id
+    )
+    reference.sha256, reference.rows, reference.features = digest, rows, sorted(refs)
+    session.add(reference)
+    session.commit()
+    return reference
+
+
+def reference_arrays(session: Session, store: BlobStore, version: ModelVersion) -> Arrays | None:
+    """The reference data of ``version``, or None when it has none."""
+    reference = session.get(ModelVersionReference, version.id)
+    if reference is None:
+        return None
+    return decode_arrays(store.existing_path(reference.sha256).read_bytes(), "reference data")
