@@ -29,6 +29,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--tag", dest="tags", action="append", help="device tag (repeatable)")
     run.add_argument("--http-port", type=int, help="serve POST /v1/infer on 127.0.0.1:PORT")
     run.add_argument("--telemetry-interval", dest="telemetry_interval_s", type=float)
+    run.add_argument("--drift-interval", dest="drift_interval_s", type=float)
     run.set_defaults(func=_run)
 
 
@@ -47,6 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         "tags",
         "http_port",
         "telemetry_interval_s",
+        "drift_interval_s",
     )
     config = load_config(args.config, {k: getattr(args, k) for k in keys})
     agent = Agent(config)

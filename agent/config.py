@@ -23,6 +23,10 @@ class AgentConfig:
     hardware_class: str = "generic"
     tags: tuple[str, ...] = ()
     telemetry_interval_s: float = 5.0
+    # Drift windows close this often (never more often than telemetry windows). Counts
+    # merge exactly, so a longer window loses only time resolution, and a window is
+    # ~180 bytes per feature (BENCHMARKS.md); windows without traffic are not sent.
+    drift_interval_s: float = 60.0
     # The retained state is sent again this often even when nothing changed, so a
     # controller that missed a report (a replica died holding it) still converges.
     state_heartbeat_s: float = 60.0
@@ -43,6 +47,8 @@ class AgentConfig:
             raise AgentError("the agent needs at least one trusted key (--trust KEYFILE)")
         if self.telemetry_interval_s <= 0:
             raise AgentError(f"telemetry_interval_s must be > 0, got {self.telemetry_interval_s}")
+        if self.drift_interval_s <= 0:
+            raise AgentError(f"drift_interval_s must be > 0, got {self.drift_interval_s}")
         if self.state_heartbeat_s <= 0:
             raise AgentError(f"state_heartbeat_s must be > 0, got {self.state_heartbeat_s}")
         if self.http_port is not None and not 0 <= self.http_port < 65536:

@@ -22,8 +22,9 @@ from typing import Any
 import numpy.typing as npt
 
 from agent.config import AgentConfig
+from agent.drift import is_empty
 from agent.errors import error_code
-from agent.inference import InferenceService
+from agent.inference import ActiveModel, InferenceService
 from agent.mqtt_hub import MqttHub
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
@@ -116,6 +117,10 @@ class Agent:
         # Telemetry and drift windows are numbered for good: the controller tells a
         # re-sent window from a new one by (device, seq), even after a restart.
         self._window_seq = WindowSequence(config.data_dir / "window_seq")
+        # Drift windows close on their own schedule, numbered on their own: each stream
+        # stays gapless, so a gap seen by the controller means a lost window.
+        self._drift_seq = WindowSequence(config.data_dir / "drift_seq")
+        self._drift_due = time.monotonic() + config.drift_interval_s
         self._boot_notes: list[str] = []  # what start-up found, reported once connected
         self._state_sent_at = time.monotonic()
         self._inbox: queue.Queue[_Inbound | None] = queue.Queue(maxsize=1000)
@@ -315,7 +320,7 @@ class Agent:
             )
             self._publish_window()  # the trial counts only the new model's traffic
         self.state = self.store.activate(self.state, prepared.slot, prepared.info, trial)
-        self.inference.swap(prepared.model)
+        self._publish_drift(self.inference.swap(prepared.model))
         self.phase = "trial" if trial is not None else "idle"
         self.error, self._failed = None, None
         self._publish_state()
@@ -358,7 +363,7 @@ class Agent:
             log.error("%s: cannot roll back, previous slot fails: %s", self.config.device_id, exc)
             return False
         self.state = self.store.activate(self.state, previous, prepared.info)
-        self.inference.swap(prepared.model)
+        self._publish_drift(self.inference.swap(prepared.model))
         if failed is not None:
             generation = trial.generation if trial is not None else self.generation
             self.state = self.store.reject(self.state, generation, failed.manifest_sha256)
@@ -435,19 +440,31 @@ class Agent:
             latency_histogram=snap.histogram,
         )
         self.outbox.put("telemetry", telemetry.to_bytes())
-        model = self.inference.active
-        if model is not None and model.drift is not None:
-            drift = Drift(
-                device_id=self.config.device_id,
-                seq=seq,
-                window_start=snap.window_start,
-                window_end=snap.window_end,
-                bundle=model.ref,
-                features=model.drift.roll(),
-            )
-            self.outbox.put("drift", drift.to_bytes())
+        if time.monotonic() >= self._drift_due:
+            self._publish_drift(self.inference.active)
         self._flush_outbox()
         self._judge_trial(snap)
+
+    def _publish_drift(self, model: ActiveModel | None) -> None:
+        """Close ``model``'s drift window and queue it (a window without traffic is not
+        sent). Called every ``drift_interval_s`` and whenever the model changes, so
+        counts are attributed to the bundle that saw them."""
+        self._drift_due = time.monotonic() + self.config.drift_interval_s
+        if model is None or model.drift is None:
+            return
+        start, now = model.drift.window_start, time.time()
+        features = model.drift.roll(now)
+        if is_empty(features):
+            return
+        drift = Drift(
+            device_id=self.config.device_id,
+            seq=self._drift_seq.next(),
+            window_start=start,
+            window_end=max(now, start),
+            bundle=model.ref,
+            features=features,
+        )
+        self.outbox.put("drift", drift.to_bytes())
 
     def _flush_outbox(self, max_inflight: int = 100) -> None:
         """Send what the broker has not acknowledged yet, oldest first."""

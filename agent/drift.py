@@ -1,14 +1,19 @@
 """On-device drift statistics: per-feature bin counts over the bundle's fixed edges.
 
 The hot path only appends the request's arrays to a buffer; binning happens in
-vectorized batches (every ``flush_rows`` rows and at each window roll), so monitoring
-costs a list append per inference plus amortized numpy work. Counts, n, missing, min,
+vectorized batches (every ``flush_rows`` rows or ``flush_bytes`` of buffered inputs, and
+at each window roll), so monitoring costs a list append per inference plus amortized
+numpy work, and the buffer stays small even for image inputs. Counts, n, missing, min,
 max, sum and sum of squares add up exactly across windows and devices.
+
+Measured by ``benchmarks/drift_overhead.py`` (see BENCHMARKS.md): the per-row cost is
+mostly per-feature numpy calls per flush, hence the large default batch.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +22,10 @@ import numpy as np
 import numpy.typing as npt
 
 from firmware_bundles.drift_reference import (
+    Binner,
     ExtractorConfig,
     FeatureExtractor,
     FeatureRef,
-    bucket_counts,
 )
 from firmware_bundles.manifest import TensorSpec
 
@@ -57,28 +62,49 @@ class DriftMonitor:
         inputs: tuple[TensorSpec, ...],
         outputs: tuple[TensorSpec, ...],
         *,
-        flush_rows: int = 256,
+        flush_rows: int = 4096,
+        flush_bytes: int = 1 << 20,
     ) -> None:
         self.refs = dict(refs)
+        self._binners = {name: Binner(ref) for name, ref in self.refs.items()}
         self.extract = FeatureExtractor(inputs, outputs, config)
         self.flush_rows = flush_rows
+        self.flush_bytes = flush_bytes
         self._lock = threading.Lock()
         self._pending: list[tuple[Arrays, Arrays]] = []
         self._pending_rows = 0
+        self._pending_bytes = 0
         self._window = self._empty()
+        self.window_start = time.time()
 
     def _empty(self) -> dict[str, FeatureWindow]:
         return {n: FeatureWindow(np.zeros(r.buckets, np.int64)) for n, r in self.refs.items()}
 
     def record(self, feeds: Arrays, results: Arrays) -> None:
-        rows = next((len(v) for v in feeds.values() if np.ndim(v)), 1)
+        """Count one request (its inputs and the model's outputs) into the window.
+
+        The arrays are copied: binning happens later, and the caller may reuse its
+        buffers (a camera loop refilling one frame array) once ``infer`` returns.
+        """
+        rows, size = 1, 0
+        for value in feeds.values():
+            size += value.nbytes
+            if value.ndim:
+                rows = len(value)
+        kept = ({k: v.copy() for k, v in feeds.items()}, {k: v.copy() for k, v in results.items()})
         with self._lock:
-            self._pending.append((feeds, results))
+            self._pending.append(kept)
             self._pending_rows += rows
-            if self._pending_rows < self.flush_rows:
+            self._pending_bytes += size
+            if self._pending_rows < self.flush_rows and self._pending_bytes < self.flush_bytes:
                 return
-            batch, self._pending, self._pending_rows = self._pending, [], 0
+            batch = self._take()
         self._bin(batch)
+
+    def _take(self) -> list[tuple[Arrays, Arrays]]:
+        batch, self._pending = self._pending, []
+        self._pending_rows = self._pending_bytes = 0
+        return batch
 
     def _bin(self, batch: list[tuple[Arrays, Arrays]]) -> None:
         feeds = _concat([f for f, _ in batch])
@@ -86,12 +112,12 @@ class DriftMonitor:
         features = self.extract(feeds, results)
         updates = {}
         for name, values in features.items():
-            ref = self.refs.get(name)
-            if ref is None:
+            binner = self._binners.get(name)
+            if binner is None:
                 continue
-            counts, missing = bucket_counts(ref, values)
+            counts, missing = binner(values)
             v = np.asarray(values, dtype=np.float64)
-            finite = v[~np.isnan(v)]
+            finite = v[~np.isnan(v)] if missing else v
             updates[name] = (counts, missing, finite)
         with self._lock:
             for name, (counts, missing, finite) in updates.items():
@@ -105,15 +131,22 @@ class DriftMonitor:
                     w.total += float(finite.sum())
                     w.total_sq += float(np.dot(finite, finite))
 
-    def roll(self) -> dict[str, dict[str, Any]]:
-        """Bin what is pending, close the window, return it as plain data."""
+    def roll(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """Bin what is pending, close the window, return it as plain data; the next
+        window starts at ``now`` (see :attr:`window_start`)."""
         with self._lock:
-            batch, self._pending, self._pending_rows = self._pending, [], 0
+            batch = self._take()
         if batch:
             self._bin(batch)
         with self._lock:
             window, self._window = self._window, self._empty()
+            self.window_start = time.time() if now is None else now
         return {name: w.to_dict() for name, w in window.items()}
+
+
+def is_empty(features: Mapping[str, Mapping[str, Any]]) -> bool:
+    """A window that saw no traffic (nothing worth sending)."""
+    return not any(stats["n"] or stats["missing"] for stats in features.values())
 
 
 def _concat(parts: list[Arrays]) -> dict[str, npt.NDArray[Any]]:

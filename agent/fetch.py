@@ -33,13 +33,20 @@ def fetch_small(url: str, *, max_bytes: int, timeout: float) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "edgefleet-agent"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
+            declared = response.headers.get("Content-Length")
             data: bytes = response.read(max_bytes + 1)
     except urllib.error.HTTPError as exc:
         raise UpdateError("download", f"GET {url} answered HTTP {exc.code}") from exc
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise UpdateError("download", f"GET {url} failed: {exc}") from exc
     if len(data) > max_bytes:
         raise UpdateError("download", f"{url} is larger than the {max_bytes}-byte limit")
+    # A server that dies mid-response leaves a short body and no error from read(n): a
+    # download to retry, not a bundle that fails its digest.
+    if declared is not None and declared.isdigit() and len(data) < int(declared):
+        raise UpdateError(
+            "download", f"GET {url} ended after {len(data)} of {declared} bytes (cut off)"
+        )
     return data
 
 

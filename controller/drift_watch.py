@@ -119,6 +119,24 @@ def drifting_since(steps: Sequence[tuple[float, bool | None]]) -> float | None:
     return since
 
 
+def onset(steps: Sequence[tuple[float, bool | None]]) -> float | None:
+    """When a drift the whole window shows began: the start of the last run of drifting
+    steps (newer quiet or thin steps do not erase it: the newest data may be thin), or
+    the first step with data when no single step is drifting on its own (a drift spread
+    thinly over the whole window). None: no step has data."""
+    found = None
+    previous = False
+    for start, drifted in steps:
+        if drifted is None:
+            continue
+        if drifted and not previous:
+            found = start
+        previous = drifted
+    if found is not None:
+        return found
+    return next((start for start, drifted in steps if drifted is not None), None)
+
+
 @dataclass(frozen=True)
 class AlertFeature:
     """One drifting feature of an alert; the figures merge its drifting devices."""

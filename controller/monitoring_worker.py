@@ -23,7 +23,7 @@ import httpx
 from sqlalchemy.orm import Session
 
 from controller.drift_references import DriftReferences
-from controller.leases import extend_lease, take_lease
+from controller.leases import extend_lease, lease_until, take_lease
 from controller.monitoring_settings import MonitoringSettings
 from controller.services.drift_alerts import run_drift_check
 from controller.services.window_store import RollupCounts, roll_up_batch
@@ -55,7 +55,9 @@ class MonitoringWorker:
         self._thread: threading.Thread | None = None
         self._client: httpx.Client | None = None
         self.errors = 0
-        self.last: dict[str, Any] = {}  # job -> what its last run did (health endpoint)
+        self.last: dict[str, Any] = {}  # job -> what its last run did
+        # job -> when its lease may next be free: no database write before then.
+        self._next_try: dict[str, float] = {}
 
     def start(self) -> None:
         self._stop.clear()
@@ -96,13 +98,18 @@ class MonitoringWorker:
 
     def _run_leased(self, name: str, job: Callable[[float], Any], every: float) -> None:
         started = self._clock()
+        if started < self._next_try.get(name, 0.0):
+            return  # not due: no write (on SQLite every write takes the one write lock)
         with self._sessions() as session:
             took = take_lease(
                 session, name, self.replica_id, started, self.settings.monitoring_lease_s
             )
+            until = lease_until(session, name)
             session.commit()
-        if not took:
+        if not took:  # another replica runs it; look again when its lease is up
+            self._next_try[name] = min(until, started + every)
             return
+        self._next_try[name] = started + every
         try:
             self.last[name] = job(started)
         finally:

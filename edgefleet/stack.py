@@ -14,18 +14,22 @@ broker is the caller's (a test fixture or a private Mosquitto).
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
+import numpy as np
+import numpy.typing as npt
 
 from controller.server import ControllerServer
 from controller.settings import Settings
@@ -247,8 +251,18 @@ class Stack:
         tag = self.spec.tags[0]
         return len(self.ok(self.api.get("/devices", params={"tag": tag, "limit": 1000})))
 
-    def publish_model(self, version: str, *, seed: int, hidden: int = 32) -> str:
-        """Register a generated model version, build and sign its bundle; its sha256."""
+    def publish_model(
+        self,
+        version: str,
+        *,
+        seed: int,
+        hidden: int = 32,
+        reference: Mapping[str, npt.NDArray[Any]] | None = None,
+    ) -> str:
+        """Register a generated model version, build and sign its bundle; its sha256.
+
+        With ``reference`` (model inputs) the bundle carries drift bins computed from it.
+        """
         if not self._model_registered:
             self.ok(self.api.post("/models", json={"name": "mlp"}))
             self._model_registered = True
@@ -262,6 +276,15 @@ class Stack:
                         files={"file": ("mlp.onnx", handle)},
                     )
                 )
+        if reference is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, **reference)  # type: ignore[arg-type]
+            self.ok(
+                self.api.put(
+                    f"/models/mlp/versions/{version}/drift-reference",
+                    files={"file": ("reference.npz", buffer.getvalue())},
+                )
+            )
         bundle = self.ok(
             self.api.post(
                 "/bundles", json={"model": "mlp", "version": version, "bundle_version": version}

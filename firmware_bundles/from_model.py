@@ -24,7 +24,7 @@ from firmware_bundles.drift_reference import (
 )
 from firmware_bundles.errors import ManifestError
 from firmware_bundles.golden import Arrays, encode_arrays, generate_inputs
-from firmware_bundles.manifest import ZSTD, HealthCheck
+from firmware_bundles.manifest import ZSTD, HealthCheck, TensorSpec
 from firmware_bundles.runtimes import ModelRunner, load_runner
 
 # Reference quantile bins (10 by default) need enough rows to mean anything.
@@ -51,9 +51,23 @@ def reference_for(
             f"across inputs, got {sorted(rows)}"
         )
     config = config or ExtractorConfig()
-    feeds = {spec.name: data[spec.name] for spec in runner.inputs}
+    feeds = {spec.name: _as_input(data[spec.name], spec) for spec in runner.inputs}
     extractor = FeatureExtractor(runner.inputs, runner.outputs, config)
     return build_reference(extractor, feeds, runner.run(feeds)), config
+
+
+def _as_input(array: Any, spec: TensorSpec) -> Any:
+    """``array`` in the input's dtype when that loses no meaning (float64 reference data
+    for a float32 model, numpy's default); anything else is an error naming both."""
+    array = np.asarray(array)
+    want = np.dtype(spec.dtype)
+    if array.dtype == want:
+        return array
+    if array.dtype.kind == want.kind or (array.dtype.kind in "iu" and want.kind in "iuf"):
+        return array.astype(want)
+    raise ManifestError(
+        f"drift reference input {spec.name!r} is {array.dtype}, the model takes {want}"
+    )
 
 
 def runtime_for(model_path: Path) -> str:

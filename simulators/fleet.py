@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,13 @@ from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.mqtt_hub import MqttHub
 from firmware_bundles.golden import generate_inputs
+from firmware_bundles.manifest import TensorSpec
 from simulators import faults
 from simulators.faults import FaultProfile
 
 log = logging.getLogger(__name__)
+# Inputs for a device: (fleet index, the model's input specs, now) -> feeds.
+DataSource = Callable[[int, Sequence[TensorSpec], float], Mapping[str, npt.NDArray[Any]]]
 
 
 @dataclass
@@ -40,6 +43,7 @@ class FleetSpec:
     hardware_class: str = "generic"
     tags: tuple[str, ...] = ("sim",)
     telemetry_interval_s: float = 2.0
+    drift_interval_s: float | None = None  # None: as telemetry_interval_s
     state_heartbeat_s: float = 60.0
     connect_batch: int = 50
     extra_tags: dict[int, tuple[str, ...]] = field(default_factory=dict)
@@ -88,6 +92,7 @@ class Fleet:
             hardware_class=spec.hardware_class,
             tags=spec.tags + spec.extra_tags.get(index, ()),
             telemetry_interval_s=spec.telemetry_interval_s,
+            drift_interval_s=spec.drift_interval_s or spec.telemetry_interval_s,
             state_heartbeat_s=spec.state_heartbeat_s,
             outbox_fsync=False,  # thousands of simulated disks share one real one
         )
@@ -192,12 +197,23 @@ class Fleet:
 
     # ------------------------------------------------------------------ traffic
 
-    def feed(self, rate_per_device: float, *, devices: Iterable[int] | None = None) -> None:
-        """Call the inference API of each device (by index) ``rate_per_device`` times a second."""
+    def feed(
+        self,
+        rate_per_device: float,
+        *,
+        devices: Iterable[int] | None = None,
+        data: DataSource | None = None,
+    ) -> None:
+        """Call the inference API of each device (by index) ``rate_per_device`` times a
+        second, with inputs from ``data`` (``data(index, input specs, now)``, see
+        :mod:`simulators.data`) or, without it, eight fixed generated inputs in turn."""
         chosen = list(devices) if devices is not None else list(range(len(self.agents)))
         self._stop.clear()
         self._feeder = threading.Thread(
-            target=self._feed_loop, args=(chosen, rate_per_device), daemon=True, name="fleet-feeder"
+            target=self._feed_loop,
+            args=(chosen, rate_per_device, data),
+            daemon=True,
+            name="fleet-feeder",
         )
         self._feeder.start()
 
@@ -207,7 +223,7 @@ class Fleet:
             self._feeder.join(timeout=10)
             self._feeder = None
 
-    def _feed_loop(self, devices: list[int], rate: float) -> None:
+    def _feed_loop(self, devices: list[int], rate: float, data: DataSource | None) -> None:
         period = 1.0 / rate if rate > 0 else 1.0
         cache: dict[str, list[dict[str, npt.NDArray[Any]]]] = {}
         tick = 0
@@ -219,10 +235,16 @@ class Fleet:
                 if model is None:
                     continue
                 key = model.ref.manifest_sha256
-                if key not in cache:
-                    cache[key] = [generate_inputs(model.runner.inputs, seed=s) for s in range(8)]
+                if data is not None:
+                    feeds = data(index, model.runner.inputs, time.time())
+                else:
+                    if key not in cache:
+                        cache[key] = [
+                            generate_inputs(model.runner.inputs, seed=s) for s in range(8)
+                        ]
+                    feeds = cache[key][tick % 8]
                 try:
-                    agent.infer(cache[key][tick % 8])
+                    agent.infer(feeds)
                     self.inferences += 1
                 except faults.SimulatedCrash:
                     self.inference_errors += 1

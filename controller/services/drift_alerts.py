@@ -66,7 +66,7 @@ def _onset(
                 None if not verdict or verdict[0].n < min_samples else verdict[0].drifted,
             )
         )
-    started = dw.drifting_since(steps)
+    started = dw.onset(steps)
     return since if started is None else started
 
 

@@ -47,7 +47,7 @@ def agent_factory(
             controller_url="http://127.0.0.1:9",
             data_dir=data_dir or tmp_path / device_id,
             trust=(keys[1],),
-            **{"telemetry_interval_s": 0.5, **settings},
+            **{"telemetry_interval_s": 0.5, "drift_interval_s": 0.5, **settings},
         )
         agent = Agent(config)
         agent.start()

@@ -70,6 +70,7 @@ def test_windows_survive_a_broker_outage_and_arrive_after_it(
     config = AgentConfig(
         device_id="outage-a", broker_url=fresh_broker.url, controller_url="http://127.0.0.1:9",
         data_dir=tmp_path / "outage-a", trust=(keys[1],), telemetry_interval_s=0.2,
+        drift_interval_s=0.2,
     )  # fmt: skip
     agent = Agent(config)
     agent.start()
@@ -120,3 +121,33 @@ def test_outbox_is_bounded_and_drops_oldest(tmp_path: Path) -> None:
     assert len(reopened.pending()) == 4
     assert reopened.put("drift", b"n").name.endswith(".drift")
     assert reopened.pending()[-1].read_bytes() == b"n"
+
+
+def test_drift_windows_follow_the_model_and_idle_devices_send_none(
+    mqtt_broker: MosquittoBroker,
+    blobs: BlobServer,
+    agent_factory,
+    keys,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # A long drift window: only a model switch closes it early.
+    agent = agent_factory("drift-b", drift_interval_s=3600)
+    v1 = make_bundle(tmp_path, keys[0], "1.0.0", seed=1, drift_reference=reference())
+    v2 = make_bundle(tmp_path, keys[0], "2.0.0", seed=2, counter=2, drift_reference=reference())
+    watcher = Watcher(mqtt_broker, "edgefleet/v1/dev/drift-b/up/drift")
+    deploy(mqtt_broker, blobs, "drift-b", v1, 1)
+    assert wait_until(lambda: agent.active_bundle is not None)
+    time.sleep(1.0)
+    assert watcher.messages == []  # no traffic yet: nothing worth a message
+    for _ in range(30):
+        agent.infer({"x": np.zeros((1, 8), np.float32)})
+    deploy(mqtt_broker, blobs, "drift-b", v2, 2)
+    assert wait_until(
+        lambda: agent.active_bundle is not None and agent.active_bundle.version == "2.0.0"
+    )
+    assert watcher.wait(lambda m: len(m) >= 1)
+    [window] = [parse_drift(p) for _, p in watcher.messages]
+    assert window.bundle.version == "1.0.0" and window.features["x[0]"]["n"] == 30
+    time.sleep(1.0)
+    assert len(watcher.messages) == 1  # v2 has served nothing: no window for it
+    watcher.close()

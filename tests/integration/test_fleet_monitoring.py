@@ -325,11 +325,18 @@ def test_a_rollout_pauses_when_the_new_model_sees_input_drift(fleet: Fleet) -> N
 
     rollout = eventually(paused)
     assert "input drift" in rollout["reason"] and "x[3]" in rollout["reason"], rollout["reason"]
-    gates = rollout["gates"]
+    # Gate figures keep refreshing while paused; read them once the tick has seen all
+    # the windows (the pausing tick may have read telemetry just before they landed).
+    inferences, errors = sum(fleet.inferences.values()), sum(fleet.errors.values())
+
+    def settled() -> dict[str, Any] | None:
+        gates: dict[str, Any] = ok(api.get(f"/rollouts/{rid}"))["gates"]
+        return gates if gates.get("error_samples") == inferences else None
+
+    gates = eventually(settled)
+    assert gates["error_rate"] == pytest.approx(errors / inferences)
     assert gates["input_drift_share"] == pytest.approx(1 / 8)  # x[3] of x[0..7]
     assert gates["drift_samples"] == 12 * 5 * 50
-    inferences, errors = sum(fleet.inferences.values()), sum(fleet.errors.values())
-    assert gates["error_rate"] == pytest.approx(errors / inferences)
 
 
 def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:

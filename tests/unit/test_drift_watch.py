@@ -85,6 +85,13 @@ def test_drifting_since_is_the_start_of_the_current_run() -> None:
     assert dw.drifting_since([(0, None)]) is None
 
 
+def test_onset_is_the_start_of_the_last_drifting_run_even_if_newer_steps_are_thin() -> None:
+    assert dw.onset([(0, False), (10, True), (20, True), (30, None)]) == 10
+    assert dw.onset([(0, False), (10, True), (20, False), (30, True), (40, False)]) == 30
+    assert dw.onset([(0, None), (10, False), (20, False)]) == 10  # spread thin: from the data
+    assert dw.onset([(0, None)]) is None
+
+
 def feature(name: str, devices: tuple[str, ...], since: float) -> dw.AlertFeature:
     return dw.AlertFeature(name, devices, since, {"psi": 0.2})
 
