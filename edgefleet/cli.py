@@ -22,6 +22,8 @@ COMMANDS = {
     "compress": "compress.cli",
     "controller": "controller.cli",
     "rollout": "controller.rollout_cli",
+    "drift": "controller.monitoring_cli",
+    "telemetry": "controller.monitoring_cli",
     "agent": "agent.cli",
     "simulate": "simulators.cli",
     "demo": "edgefleet.demo",

@@ -38,6 +38,7 @@ from controller.monitoring_settings import MonitoringSettings
 from controller.services.device_reports import apply_reports
 from controller.services.drift_alerts import run_drift_check
 from controller.webhooks import deliver_due
+from edgefleet.cli import main
 from firmware_bundles import latency_histogram as lh
 from firmware_bundles.drift_reference import ExtractorConfig
 from firmware_bundles.manifest import manifest_from_dict
@@ -347,3 +348,34 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError(f"not true within {timeout}s: {check}")
+
+
+def test_the_cli_shows_drift_alerts_and_telemetry(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t0 = fleet.t0
+    fleet.report_windows(t0, 20, shift_after=t0 + 600)
+    base = str(fleet.api.base_url).rstrip("/").removesuffix("/api/v1")
+    span = ["--since", str(t0), "--until", str(t0 + 1200)]
+
+    def run(*argv: str) -> str:
+        assert main([argv[0], "--controller", base, *argv[1:]]) == 0
+        return capsys.readouterr().out
+
+    report = run("drift", "report", "--bundle", fleet.sha, *span)
+    [x3] = [line for line in report.splitlines() if line.strip().startswith("x[3]")]
+    assert " yes " in x3 and "mon-00,mon-01,mon-02,mon-03" in x3, report
+    assert "clf@1.0.0" in report and "DRIFT" in report
+    quiet = run("drift", "report", "--bundle", fleet.sha, "--tag", "south", *span)
+    assert "no drift" in quiet and " yes " not in quiet
+
+    with fleet.sessions() as session:
+        run_drift_check(session, fleet.references, MonitoringSettings(
+            drift_window_s=600, drift_confirmations=1), t0 + 1200)  # fmt: skip
+        session.commit()
+    alerts = run("drift", "alerts", "--status", "open")
+    assert "open" in alerts and "mon-00" in alerts and "x[3]: PSI" in alerts
+    summary = run("telemetry", "summary", "--group-by", "hardware_class", *span)
+    assert "hardware_class=cam" in summary and "hardware_class=gate" in summary
+    assert main(["drift", "--controller", base, "report", "--last", "soon"]) == 2
+    assert "duration 'soon'" in capsys.readouterr().err
