@@ -220,9 +220,9 @@ _KINDS: tuple[tuple[Any, Any, Any], ...] = (
 def _roll_table(
     session: Session, raw: Any, rollup: Any, add: Any, cutoff: float, bucket_s: float, batch: int
 ) -> RollupCounts:
-    rows = list(
-        session.scalars(sa.select(raw).where(raw.window_end < cutoff).order_by(raw.id).limit(batch))
-    )
+    # Plain rows, not ORM objects: a roll-up pass may read millions of windows.
+    query = sa.select(*raw.__table__.columns).where(raw.window_end < cutoff)
+    rows = list(session.execute(query.order_by(raw.id).limit(batch)))
     counts = RollupCounts(more=len(rows) == batch)
     if not rows:
         return counts
