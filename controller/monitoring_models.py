@@ -139,4 +139,6 @@ class ModelVersionReference(Base):
     sha256: Mapped[str] = mapped_column(sa.String(64))
     rows: Mapped[int] = mapped_column(sa.BigInteger)
     features: Mapped[list[str]]
+    # firmware_bundles.drift_reference.ExtractorConfig fields: the author's feature choice.
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created: Mapped[datetime] = mapped_column(default=utcnow)

@@ -6,7 +6,10 @@ import argparse
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from firmware_bundles.drift_reference import ExtractorConfig
 
 
 def register(subparsers: Any) -> None:
@@ -45,6 +48,21 @@ def register(subparsers: Any) -> None:
     )
     build.add_argument(
         "--reference", type=Path, help=".npz of reference inputs: ships drift bins with the bundle"
+    )
+    build.add_argument(
+        "--drift-bins", type=int, default=10, help="quantile bins per numeric feature (10)"
+    )
+    build.add_argument(
+        "--drift-max-columns",
+        type=int,
+        default=64,
+        help="a [N, F] input with more columns is summarized (mean, std) instead (64)",
+    )
+    build.add_argument(
+        "--drift-max-categories",
+        type=int,
+        default=20,
+        help="an integer feature with at most this many values gets a vocabulary (20)",
     )
     build.add_argument(
         "--blob-encoding",
@@ -97,12 +115,30 @@ def _bundle_build(args: argparse.Namespace) -> int:
         compression=report,
         valid_for=timedelta(days=args.valid_days),
         drift_reference=arrays(args.reference),
+        drift_config=drift_config(
+            args.drift_bins, args.drift_max_columns, args.drift_max_categories
+        ),
         blob_encoding=None if args.blob_encoding == "none" else args.blob_encoding,
     )
     write_bundle_dir(built, args.output)
     print(f"bundle {built.manifest.name}@{built.manifest.version} -> {args.output}")
     print(f"manifest sha256 {built.manifest_sha256}")
     return 0
+
+
+def drift_config(bins: int, max_columns: int, max_categories: int) -> ExtractorConfig:
+    """The bundle author's choice of drift features, checked."""
+    from firmware_bundles.drift_reference import ExtractorConfig
+    from firmware_bundles.errors import ManifestError
+
+    if not 2 <= bins <= 100:
+        raise ManifestError(f"drift bins must be 2..100, got {bins}")
+    if not 1 <= max_columns <= 4096 or not 0 <= max_categories <= 1000:
+        raise ManifestError(
+            f"drift max columns must be 1..4096 and max categories 0..1000, got "
+            f"{max_columns} and {max_categories}"
+        )
+    return ExtractorConfig(max_columns=max_columns, max_categories=max_categories, bins=bins)
 
 
 # What ``edgefleet compress`` names the report it writes beside a model (compress.cli).

@@ -102,6 +102,7 @@ def build_bundle(
     health = HealthCheck(**request.health_check.model_dump()) if request.health_check else None
     with tempfile.TemporaryDirectory(prefix="edgefleet-build-") as work:
         model_path = link_model_file(store, version, Path(work))
+        reference = reference_arrays(session, store, version)
         try:
             built = bundle_from_model_file(
                 model_path,
@@ -117,7 +118,8 @@ def build_bundle(
                 # A version made by a compression job ships the job's report (recipe, table).
                 compression=report_for_version(session, version.id),
                 # Reference data attached to the version: the bundle ships drift bins.
-                drift_reference=reference_arrays(session, store, version),
+                drift_reference=reference[0],
+                drift_config=reference[1],
             )
         except EdgeFleetError:
             raise

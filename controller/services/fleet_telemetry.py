@@ -84,8 +84,8 @@ def summarize(
         group.errors += part.error_count
         # Stored histograms were checked when they arrived (wire) or built here (roll-ups).
         merged = group.histogram
-        for key, n in part.histogram.items():
-            index = int(key)
+        for bucket, n in part.histogram.items():
+            index = int(bucket)
             merged[index] = merged.get(index, 0) + n
         group.first_start = min(group.first_start, part.first_start)
         group.last_end = max(group.last_end, part.last_end)

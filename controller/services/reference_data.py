@@ -9,6 +9,7 @@ bundle built from the version afterwards carries the drift reference computed fr
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,6 +21,7 @@ from controller.model_files import link_model_file
 from controller.models import ModelVersion
 from controller.monitoring_models import ModelVersionReference
 from controller.services.model_registry import get_version
+from firmware_bundles.drift_reference import ExtractorConfig
 from firmware_bundles.errors import BundleError
 from firmware_bundles.from_model import reference_for
 from firmware_bundles.golden import Arrays, decode_arrays
@@ -34,8 +36,10 @@ def set_reference(
     version: str,
     source: BinaryIO,
     max_bytes: int,
+    config: ExtractorConfig | None = None,
 ) -> ModelVersionReference:
-    """Attach (or replace) the reference data of model ``name`` version ``version``.
+    """Attach (or replace) the reference data of model ``name`` version ``version``,
+    binned with ``config`` (the bundle author's choice of features; default bins).
 
     Raises:
         NotFoundError: no such model or version.
@@ -50,7 +54,7 @@ def set_reference(
             try:
                 data = decode_arrays(staged.path.read_bytes(), "reference data")
                 runner = load_runner(row.runtime, link_model_file(store, row, Path(work)))
-                refs, _ = reference_for(runner, data)
+                refs, config = reference_for(runner, data, config)
             except BundleError as exc:
                 raise InvalidRequestError(str(exc)) from None
             except Exception as exc:  # the runtimes raise their own untyped errors
@@ -63,14 +67,18 @@ def set_reference(
         model_version_id=row.id
     )
     reference.sha256, reference.rows, reference.features = digest, rows, sorted(refs)
+    reference.config = asdict(config)
     session.add(reference)
     session.commit()
     return reference
 
 
-def reference_arrays(session: Session, store: BlobStore, version: ModelVersion) -> Arrays | None:
-    """The reference data of ``version``, or None when it has none."""
+def reference_arrays(
+    session: Session, store: BlobStore, version: ModelVersion
+) -> tuple[Arrays | None, ExtractorConfig | None]:
+    """The reference data of ``version`` and its feature choice (None, None: none)."""
     reference = session.get(ModelVersionReference, version.id)
     if reference is None:
-        return None
-    return decode_arrays(store.existing_path(reference.sha256).read_bytes(), "reference data")
+        return None, None
+    data = decode_arrays(store.existing_path(reference.sha256).read_bytes(), "reference data")
+    return data, ExtractorConfig(**reference.config)

@@ -188,9 +188,21 @@ def test_bad_reference_data_is_refused_naming_the_problem(fleet: Fleet) -> None:
         response = api.put("/models/clf/versions/1.0.0/drift-reference",
                            files={"file": ("ref.npz", body)})  # fmt: skip
         assert response.status_code == 422 and problem in response.json()["detail"], response.text
-    good = npz(x=np.zeros((500, 8), np.float32))
+    good = npz(x=np.random.default_rng(2).standard_normal((500, 8)))  # float64: cast
     missing = api.put("/models/clf/versions/9.9.9/drift-reference", files={"file": ("r", good)})
     assert missing.status_code == 404
+    bad_bins = api.put("/models/clf/versions/1.0.0/drift-reference", files={"file": ("r", good)},
+                       data={"bins": "1"})  # fmt: skip
+    assert bad_bins.status_code == 422 and "'bins'" in bad_bins.text
+
+    # The author's choice of features reaches the bundles built afterwards.
+    chosen = ok(api.put("/models/clf/versions/1.0.0/drift-reference", files={"file": ("r", good)},
+                        data={"bins": "4", "max_columns": "4"}))  # fmt: skip
+    assert {"x:mean", "x:std"} <= set(chosen["features"]) and "x[0]" not in chosen["features"]
+    built = ok(api.post("/bundles", json={"model": "clf", "version": "1.0.0",
+                                          "bundle_version": "1.0.1"}), 201)  # fmt: skip
+    ref = fleet.references.get(fleet.sessions(), built["manifest_sha256"])
+    assert ref is not None and ref.features["x:mean"].buckets == 4
 
 
 def test_drift_and_telemetry_merge_exactly_and_an_alert_reaches_a_webhook(fleet: Fleet) -> None:

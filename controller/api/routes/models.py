@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from controller.api.deps import SessionDep, SettingsDep, StoreDep
 from controller.schemas import DriftReferenceOut, ModelCreate, ModelOut, ModelVersionOut
 from controller.services import model_registry, reference_data
+from firmware_bundles.drift_reference import ExtractorConfig
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -62,11 +63,19 @@ def set_drift_reference(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
+    bins: Annotated[int, Form(ge=2, le=100, description="quantile bins per feature")] = 10,
+    max_columns: Annotated[
+        int, Form(ge=1, le=4096, description="wider [N, F] inputs get mean/std summaries")
+    ] = 64,
+    max_categories: Annotated[
+        int, Form(ge=0, le=1000, description="integer features with a vocabulary")
+    ] = 20,
 ) -> DriftReferenceOut:
     """Attach reference data (usually the calibration or a training sample) to a model
     version: every bundle built from it afterwards ships drift bins computed from it."""
     row = reference_data.set_reference(
         session, store, name=name, version=version, source=file.file,
         max_bytes=settings.max_upload_bytes,
+        config=ExtractorConfig(max_columns=max_columns, max_categories=max_categories, bins=bins),
     )  # fmt: skip
     return DriftReferenceOut(sha256=row.sha256, rows=row.rows, features=row.features)
