@@ -18,6 +18,7 @@ from controller.api.deps import Runtime
 from controller.api.errors import install_error_handlers
 from controller.api.routes import api_router
 from controller.blobstore import BlobStore
+from controller.capture_worker import CaptureWorker
 from controller.compression_worker import CompressionWorker, WorkerLimits
 from controller.db import create_schema, make_engine, make_sessionmaker
 from controller.ingest import IngestWorker
@@ -41,6 +42,11 @@ class _NoBroker:
         self, device_id: str, desired: Desired, on_ack: Callable[[], None] | None = None
     ) -> None:
         log.warning("no MQTT bridge: desired state for %s was not published", device_id)
+
+    def publish_command(
+        self, device_id: str, payload: bytes, on_ack: Callable[[], None] | None = None
+    ) -> None:
+        log.warning("no MQTT bridge: capture set for %s was not published", device_id)
 
 
 def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
@@ -100,6 +106,13 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
             gates=GateSettings(latency_lookback_s=settings.rollout_latency_lookback_s),
         ),
     )
+    captures = CaptureWorker(
+        sessions,
+        bridge if bridge is not None else _NoBroker(),
+        api_url=settings.api_url,
+        tick_s=settings.capture_tick_s,
+        republish_after_s=settings.capture_republish_after_s,
+    )
     runtime = Runtime(
         settings=settings,
         engine=engine,
@@ -109,6 +122,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         ingest=ingest,
         rollouts=rollouts,
         broker_connected=(lambda: bridge.connected) if bridge is not None else (lambda: False),
+        captures=captures,
     )
 
     @asynccontextmanager
@@ -119,6 +133,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         if bridge is not None:
             bridge.start()
         rollouts.start()
+        captures.start()
         log.info(
             "controller up: database %s, broker %s, blobs served at %s",
             engine.url.render_as_string(hide_password=True),
@@ -128,6 +143,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            captures.stop()
             rollouts.stop()
             if bridge is not None:
                 bridge.stop()

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.blobstore import BlobStore
+from controller.capture_worker import CaptureWorker
 from controller.errors import InvalidRequestError
 from controller.ingest import IngestWorker
 from controller.release_keys import ReleaseKeys
@@ -31,6 +32,7 @@ class Runtime:
     ingest: IngestWorker
     rollouts: RolloutWorker
     broker_connected: Callable[[], bool]
+    captures: CaptureWorker | None = None
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -32,8 +32,10 @@ from controller.models import (
     TelemetryWindow,
 )
 from controller.rollout_engine import FAILED, IN_PROGRESS, ROLLED_BACK, TERMINAL
+from controller.services.captures import apply_capture_reports
 from controller.services.devices import ensure_devices
 from firmware_bundles import latency_histogram
+from firmware_bundles.capture_wire import CaptureReport
 from firmware_bundles.wire import Drift, Event, State, Status, Telemetry
 
 
@@ -157,6 +159,7 @@ def apply_reports(session: Session, reports: Sequence[Report], now: datetime) ->
     windows: list[dict[str, Any]] = []
     drifts: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    captures: list[CaptureReport] = []
     for report in reports:
         device = devices[report.device_id]
         message = report.message
@@ -180,6 +183,9 @@ def apply_reports(session: Session, reports: Sequence[Report], now: datetime) ->
         elif isinstance(message, Drift):
             _seen(device, report, message.window_end)
             drifts.append(_drift_row(message, report.received_at))
+        elif isinstance(message, CaptureReport):
+            _seen(device, report, message.ts)
+            captures.append(message)
     session.flush()
     for table, rows in (
         (TelemetryWindow, windows),
@@ -188,6 +194,8 @@ def apply_reports(session: Session, reports: Sequence[Report], now: datetime) ->
     ):
         if rows:
             session.execute(insert_ignoring_duplicates(session, table), rows)
+    if captures:
+        apply_capture_reports(session, captures)
 
 
 def _telemetry_row(t: Telemetry, received_at: datetime) -> dict[str, Any]:

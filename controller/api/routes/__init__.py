@@ -8,6 +8,7 @@ from controller.api.routes import (
     audit,
     blobs,
     bundles,
+    captures,
     compression_jobs,
     devices,
     health,
@@ -16,5 +17,15 @@ from controller.api.routes import (
 )
 
 api_router = APIRouter()
-for module in (health, models, bundles, devices, rollouts, audit, blobs, compression_jobs):
+for module in (
+    health,
+    models,
+    bundles,
+    devices,
+    rollouts,
+    captures,
+    audit,
+    blobs,
+    compression_jobs,
+):
     api_router.include_router(module.router)
