@@ -22,6 +22,7 @@ COMMANDS = {
     "compress": "compress.cli",
     "controller": "controller.cli",
     "rollout": "controller.rollout_cli",
+    "capture": "controller.capture_cli",
     "agent": "agent.cli",
     "simulate": "simulators.cli",
     "demo": "edgefleet.demo",

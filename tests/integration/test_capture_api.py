@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
+from edgefleet.cli import main
 from tests.models import mlp
 
 Start = Callable[..., httpx.Client]
@@ -163,3 +165,44 @@ def test_capture_targets_and_a_rollout_that_captures(controller: Start, tmp_path
     wave_one = ok(api.post("/captures", json={**spec, "rollout": rollout["id"], "wave": 1}), 201)
     assert wave_one["total"] == 1 and wave_one["bundle"]["manifest_sha256"] == sha
     assert "no uploads yet" in refused(api.get(f"/captures/{wave_one['id']}/export"), 409)
+
+
+def test_an_operator_runs_a_capture_from_the_cli(
+    controller: Start, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = controller()
+    url = str(api.base_url).rstrip("/").removesuffix("/api/v1")
+    sha = bundle(api, tmp_path, "1.0.0")["manifest_sha256"]
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(["capture", "--controller", url, "--actor", "fay", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = run("create", "--devices", "cap-1,cap-2", "--bundle", sha, "--rate", "0.5",
+                         "--max-samples", "5", "--duration", "10m")  # fmt: skip
+    assert code == 0, err
+    cid = out.splitlines()[0].split()[1]
+    assert "status   active" in out and "devices  2: requested 2" in out
+    assert "rate 0.5, up to 5 samples per device" in out and "mlp@1.0.0" in out
+    code, _, err = run("create", "--devices", "cap-1", "--rate", "2", "--max-samples", "5",
+                       "--duration", "1h")  # fmt: skip
+    assert code == 2 and "field 'rate' (body)" in err
+    code, _, err = run("create", "--devices", "cap-1", "--rate", "1", "--max-samples", "5",
+                       "--duration", "soon")  # fmt: skip
+    assert code == 2 and "--duration 'soon'" in err
+    code, _, err = run("export", cid, "-o", str(tmp_path / "none.npz"))
+    assert code == 2 and "has no uploads yet" in err and not (tmp_path / "none.npz").exists()
+
+    ok(api.post(f"/captures/{cid}/uploads/cap-1", content=npz(**sample(sha))), 201)
+    code, out, _ = run("status", cid)
+    line = next(line for line in out.splitlines() if line.strip().startswith("cap-1"))
+    assert line.split()[1:3] == ["uploaded", "3"] and line.endswith("mlp@1.0.0")
+    code, out, _ = run("export", cid, "-o", str(tmp_path / "data.npz"))
+    assert code == 0 and "wrote 3 rows from 1 devices (model versions 1.0.0)" in out
+    with np.load(tmp_path / "data.npz", allow_pickle=False) as data:
+        np.testing.assert_array_equal(data["input/x"], sample(sha)["input/x"])
+    code, out, _ = run("cancel", cid, "--reason", "enough")
+    assert code == 0 and "status   canceled" in out
+    code, out, _ = run("list")
+    assert cid in out and "canceled" in out
