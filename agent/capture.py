@@ -116,15 +116,15 @@ class CaptureRecorder:
         lives = self._lives
         if not lives:
             return
-        now = self._clock()
         sample: Sample | None = None
         wake = False
         for live in lives:
-            if live.full or now >= live.expires_at:
-                continue
-            if live.bundle is not None and live.bundle != bundle_sha256:
+            if live.full or (live.bundle is not None and live.bundle != bundle_sha256):
                 continue
             if self._rng.random() >= live.rate:
+                continue
+            now = self._clock()  # only for a call the draw picked
+            if now >= live.expires_at:
                 continue
             if sample is None:
                 sample = snapshot(feeds, outputs, now)

@@ -20,7 +20,7 @@ from agent.capture_spool import TIMESTAMP, Signature, Spooled
 
 # The hot path wakes the worker to write a chunk once this much waits in memory;
 # smaller amounts are written at the next tick (a crash loses them uncounted).
-WAKE_ROWS = 256
+WAKE_ROWS = 4096
 WAKE_BYTES = 1 << 20
 
 
@@ -29,10 +29,13 @@ class Sample:
     rows: int
     arrays: dict[str, npt.NDArray[Any]]  # "input/x", "output/y", "timestamp"
     nbytes: int
+    signature: Signature
 
     def head(self, rows: int) -> Sample:
+        if rows >= self.rows:
+            return self
         arrays = {k: v[:rows] for k, v in self.arrays.items()}
-        return Sample(rows, arrays, sum(a.nbytes for a in arrays.values()))
+        return Sample(rows, arrays, sum(a.nbytes for a in arrays.values()), self.signature)
 
 
 def snapshot(
@@ -51,11 +54,8 @@ def snapshot(
     if rows <= 0:
         return None
     arrays[TIMESTAMP] = np.full(rows, now, dtype=np.float64)
-    return Sample(rows, arrays, sum(a.nbytes for a in arrays.values()))
-
-
-def signature_of(sample: Sample) -> Signature:
-    return {k: (v.dtype.str, tuple(v.shape[1:])) for k, v in sample.arrays.items()}
+    signature = {k: (v.dtype.str, v.shape[1:]) for k, v in arrays.items()}
+    return Sample(rows, arrays, sum(a.nbytes for a in arrays.values()), signature)
 
 
 class LiveCapture:
@@ -85,7 +85,7 @@ class LiveCapture:
         with self.lock:
             if self.full or (self.bundle is not None and self.bundle != bundle):
                 return False
-            signature = signature_of(sample)
+            signature = sample.signature
             if self.signature is not None and signature != self.signature:
                 self.skipped += 1  # another model's tensors, or a free dimension changed
                 return False

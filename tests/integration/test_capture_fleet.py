@@ -75,7 +75,7 @@ class Rig:
 
     def device(self, capture_id: str, device_id: str) -> dict[str, Any]:
         rows = self.capture(capture_id)["devices"]
-        return next(d for d in rows if d["device_id"] == device_id)  # type: ignore[no-any-return]
+        return next(d for d in rows if d["device_id"] == device_id)
 
 
 @pytest.fixture()
@@ -125,8 +125,8 @@ def test_three_devices_capture_upload_once_and_export_what_they_were_fed(rig: Ri
         lambda: all(a.active_bundle is not None for a in rig.agents.values()), timeout=60
     )
 
-    body = {"devices": list(DEVICES), "rate": 1.0, "max_samples": CAP, "duration_s": 300}
-    cid = rig.ok(rig.api.post("/captures", json=body), 201)["id"]
+    ask = {"devices": list(DEVICES), "rate": 1.0, "max_samples": CAP, "duration_s": 300}
+    cid = rig.ok(rig.api.post("/captures", json=ask), 201)["id"]
     # The devices got the retained capture set and said so.
     assert wait_until(
         lambda: {d["status"] for d in rig.capture(cid)["devices"]} == {"capturing"}, timeout=20
