@@ -82,7 +82,7 @@ def _inspect_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> tuple[
             elif version == (2, 0):
                 shape, fortran, dtype = npy_format.read_array_header_2_0(handle)
             else:
-                raise DatasetError(f"array {key[:80]!r} has .npy format {version}")
+                raise DatasetError(f"array {key[:80]!r} is .npy version {version}, not 1.0 or 2.0")
             header_end = handle.tell()
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DatasetError(f"array {key[:80]!r} has no valid .npy header: {exc}") from None
