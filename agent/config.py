@@ -40,6 +40,12 @@ class AgentConfig:
     # Largest bundle file (as downloaded or once decoded) this device accepts.
     max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
     outbox_fsync: bool = True  # simulated fleets turn it off: thousands of "disks" share one
+    # Data capture (agent/capture.py): disk per capture, captures open at once, and the
+    # backoff between upload attempts.
+    capture_max_bytes: int = 64 << 20
+    capture_max_open: int = 4
+    capture_retry_min_s: float = 2.0
+    capture_retry_max_s: float = 300.0
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
@@ -51,6 +57,16 @@ class AgentConfig:
             raise AgentError(f"drift_interval_s must be > 0, got {self.drift_interval_s}")
         if self.state_heartbeat_s <= 0:
             raise AgentError(f"state_heartbeat_s must be > 0, got {self.state_heartbeat_s}")
+        if self.capture_max_bytes < 1 << 10 or self.capture_max_open < 1:
+            raise AgentError(
+                f"capture_max_bytes must be >= 1024 and capture_max_open >= 1, got "
+                f"{self.capture_max_bytes} and {self.capture_max_open}"
+            )
+        if not 0 < self.capture_retry_min_s <= self.capture_retry_max_s:
+            raise AgentError(
+                f"need 0 < capture_retry_min_s <= capture_retry_max_s, got "
+                f"{self.capture_retry_min_s} and {self.capture_retry_max_s}"
+            )
         if self.http_port is not None and not 0 <= self.http_port < 65536:
             raise AgentError(f"http_port must be 0..65535, got {self.http_port}")
 

@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy.typing as npt
 
+from agent.capture import CaptureRecorder, RecorderLimits
+from agent.capture_spool import CaptureSpool
+from agent.capture_upload import BackgroundUploader, post_capture
 from agent.config import AgentConfig
 from agent.drift import is_empty
 from agent.errors import error_code
@@ -40,6 +43,7 @@ from agent.updater import (
     default_runner_factory,
 )
 from agent.window_sequence import WindowSequence
+from firmware_bundles.capture_wire import CaptureReport, parse_capture_command
 from firmware_bundles.errors import EdgeFleetError, WireError
 from firmware_bundles.keys import load_trusted_keys
 from firmware_bundles.wire import (
@@ -106,7 +110,23 @@ class Agent:
         # deleted) by the worker: the network thread touches no file. A simulated fleet
         # shares one network thread, and a syscall on it per ack starved it of the GIL.
         self._acked_paths: collections.deque[Path] = collections.deque()
-        self.inference = InferenceService(TelemetryWindow(time.time()))
+        # Data capture: sampled on the inference path, written and uploaded from the
+        # worker (the upload itself on a thread of its own; it reports back by waking us).
+        self.capture = CaptureRecorder(
+            CaptureSpool(config.data_dir / "captures", fsync=config.outbox_fsync),
+            BackgroundUploader(
+                partial(post_capture, timeout=config.http_timeout_s), self._capture_wake
+            ),
+            device_id=config.device_id,
+            limits=RecorderLimits(
+                config.capture_max_bytes,
+                config.capture_max_open,
+                config.capture_retry_min_s,
+                config.capture_retry_max_s,
+            ),
+            wake=self._capture_wake,
+        )
+        self.inference = InferenceService(TelemetryWindow(time.time()), tap=self.capture.offer)
         self.state: AgentState = AgentState()
         self.phase = "idle"
         self.error: ErrorInfo | None = None
@@ -156,6 +176,7 @@ class Agent:
         if self._worker is not None:
             self._worker.join(timeout=10)
         self.link.stop(graceful=graceful)
+        self.capture.close()
         if graceful:
             self._apply_acks()  # what the broker has need not be sent again after a restart
 
@@ -214,6 +235,9 @@ class Agent:
     def _connected(self) -> None:
         self._enqueue("_connected", b"")
 
+    def _capture_wake(self) -> None:
+        self._enqueue("_capture", b"")
+
     def _run(self) -> None:
         interval = self.config.telemetry_interval_s
         next_window = time.monotonic() + interval
@@ -229,6 +253,7 @@ class Agent:
                     next_window += interval
                     self._publish_window()
                     self._heartbeat()
+                    self._capture_progress(self.capture.tick())
             except Exception:  # the loop must survive anything one message does
                 log.exception("%s: error in agent loop", self.config.device_id)
             except BaseException as exc:  # noqa: B036 - a stop-now signal (power loss)
@@ -256,6 +281,16 @@ class Agent:
                 log.warning("%s: dropped desired state: %s", self.config.device_id, exc)
                 return
             self._follow(desired)
+        elif item.kind == "cmd":
+            try:
+                command = parse_capture_command(item.payload)
+            except WireError as exc:
+                self.dropped_messages += 1
+                log.warning("%s: dropped command: %s", self.config.device_id, exc)
+                return
+            self._capture_progress(self.capture.apply(command))
+        elif item.kind == "_capture":
+            self._capture_progress(self.capture.tick())
         else:
             self.dropped_messages += 1
             log.warning("%s: dropped %s message: no handler", self.config.device_id, item.kind)
@@ -465,6 +500,13 @@ class Agent:
             features=features,
         )
         self.outbox.put("drift", drift.to_bytes())
+
+    def _capture_progress(self, reports: list[CaptureReport]) -> None:
+        """Send capture progress through the outbox: kept until the broker has it."""
+        for report in reports:
+            self.outbox.put("capture", report.to_bytes())
+        if reports:
+            self._flush_outbox()
 
     def _flush_outbox(self, max_inflight: int = 100) -> None:
         """Send what the broker has not acknowledged yet, oldest first."""

@@ -6,9 +6,10 @@ runs to the end on the model it started with.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,11 @@ from firmware_bundles.manifest import Manifest, TensorSpec
 from firmware_bundles.runtimes import ModelRunner
 from firmware_bundles.wire import BundleRef
 
+log = logging.getLogger(__name__)
+
+# Sees every successful call: (bundle sha256, inputs, outputs). Must be cheap.
+Tap = Callable[[str, Mapping[str, npt.NDArray[Any]], Mapping[str, npt.NDArray[Any]]], None]
+
 
 @dataclass(frozen=True)
 class ActiveModel:
@@ -34,10 +40,11 @@ class ActiveModel:
 class InferenceService:
     """Runs inference on the active model and records it in the telemetry window."""
 
-    def __init__(self, window: TelemetryWindow) -> None:
+    def __init__(self, window: TelemetryWindow, tap: Tap | None = None) -> None:
         self._active: ActiveModel | None = None
         self._swap_lock = threading.Lock()
         self.window = window
+        self.tap = tap  # data capture (agent.capture.CaptureRecorder.offer)
 
     @property
     def active(self) -> ActiveModel | None:
@@ -71,6 +78,11 @@ class InferenceService:
             self.window.record((time.perf_counter() - started) * 1000.0, ok)
         if model.drift is not None:
             model.drift.record(feeds, outputs)
+        if self.tap is not None:
+            try:
+                self.tap(model.ref.manifest_sha256, feeds, outputs)
+            except Exception:  # capture is a side line: the caller still gets its answer
+                log.exception("capture tap failed")
         return outputs
 
 

@@ -18,6 +18,7 @@ from controller.api.deps import Runtime
 from controller.api.errors import install_error_handlers
 from controller.api.routes import api_router
 from controller.blobstore import BlobStore
+from controller.capture_worker import CaptureWorker
 from controller.compression_worker import CompressionWorker, WorkerLimits
 from controller.db import create_schema, make_engine, make_sessionmaker
 from controller.drift_references import DriftReferences
@@ -44,6 +45,11 @@ class _NoBroker:
         self, device_id: str, desired: Desired, on_ack: Callable[[], None] | None = None
     ) -> None:
         log.warning("no MQTT bridge: desired state for %s was not published", device_id)
+
+    def publish_command(
+        self, device_id: str, payload: bytes, on_ack: Callable[[], None] | None = None
+    ) -> None:
+        log.warning("no MQTT bridge: capture set for %s was not published", device_id)
 
 
 def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
@@ -115,6 +121,13 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
     monitoring = MonitoringWorker(
         sessions, references, settings.monitoring, replica_id=settings.replica_name(client_id)
     )
+    captures = CaptureWorker(
+        sessions,
+        bridge if bridge is not None else _NoBroker(),
+        api_url=settings.api_url,
+        tick_s=settings.capture_tick_s,
+        republish_after_s=settings.capture_republish_after_s,
+    )
     runtime = Runtime(
         settings=settings,
         engine=engine,
@@ -126,6 +139,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
         references=references,
         monitoring=monitoring,
         broker_connected=(lambda: bridge.connected) if bridge is not None else (lambda: False),
+        captures=captures,
     )
 
     @asynccontextmanager
@@ -137,6 +151,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
             bridge.start()
         rollouts.start()
         monitoring.start()
+        captures.start()
         log.info(
             "controller up: database %s, broker %s, blobs served at %s",
             engine.url.render_as_string(hide_password=True),
@@ -147,6 +162,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
             yield
         finally:
             monitoring.stop()
+            captures.stop()
             rollouts.stop()
             if bridge is not None:
                 bridge.stop()

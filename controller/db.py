@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 # Tables kept in their own modules register with Base on import.
+from controller import capture_models as _capture_models  # noqa: F401
 from controller import compression_job_model as _compression_job_model  # noqa: F401
 from controller import monitoring_models as _monitoring_models  # noqa: F401
 from controller.models import Base

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from firmware_bundles.capture_wire import CaptureReport, parse_capture_report
 from firmware_bundles.errors import WireError
 from firmware_bundles.wire import (
     MAX_PAYLOAD_BYTES,
@@ -28,7 +29,7 @@ from firmware_bundles.wire import (
     split_topic,
 )
 
-Message = State | Event | Telemetry | Drift | Status
+Message = State | Event | Telemetry | Drift | Status | CaptureReport
 
 PARSERS: dict[str, Callable[[bytes], Any]] = {
     "state": parse_state,
@@ -36,6 +37,7 @@ PARSERS: dict[str, Callable[[bytes], Any]] = {
     "telemetry": parse_telemetry,
     "drift": parse_drift,
     "status": parse_status,
+    "capture": parse_capture_report,
 }
 
 # Why a message was dropped (the keys of the ingest "dropped_by_reason" counters).

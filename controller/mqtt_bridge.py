@@ -51,7 +51,8 @@ def _properties(packet: int, **values: Any) -> Properties:
 
 
 class MqttBridge:
-    """Subscribe to device reports, publish desired states; reconnects on its own."""
+    """Subscribe to device reports, publish desired states and command sets; reconnects
+    on its own."""
 
     def __init__(
         self,
@@ -124,13 +125,21 @@ class MqttBridge:
         ``on_ack`` runs (on paho's thread) once the broker has acknowledged it; if the
         connection drops first it never runs, and the caller publishes again later.
         """
-        info = self._client.publish(
-            topic(device_id, "down", "desired"), desired.to_bytes(), qos=1, retain=True
-        )
+        self._publish_retained(device_id, "desired", desired.to_bytes(), on_ack)
+
+    def publish_command(
+        self, device_id: str, payload: bytes, on_ack: Callable[[], None] | None = None
+    ) -> None:
+        """Publish the device's command set (``down/cmd``) retained at QoS 1, as
+        :meth:`publish_desired` does; an empty ``payload`` clears the retained one."""
+        self._publish_retained(device_id, "cmd", payload, on_ack)
+
+    def _publish_retained(
+        self, device_id: str, kind: str, payload: bytes, on_ack: Callable[[], None] | None
+    ) -> None:
+        info = self._client.publish(topic(device_id, "down", kind), payload, qos=1, retain=True)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            log.warning(
-                "%s: publishing desired state failed: %s", device_id, mqtt.error_string(info.rc)
-            )
+            log.warning("%s: publishing %s failed: %s", device_id, kind, mqtt.error_string(info.rc))
             return
         # Every publish registers its mid, so only a PUBACK that beat the registration
         # is ever left in _early_acks.

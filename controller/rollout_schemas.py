@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller import models as m
+from controller.capture_schemas import CaptureSpecIn
 from controller.rollout_engine import EXEC_STATES
 from controller.rollout_policy import (
     GATE_KINDS,
@@ -86,6 +87,9 @@ class RolloutCreate(_In):
     retry_backoff_s: float = Field(5.0, ge=0)
     trial: TrialIn | None = Field(None, description="trial policy override for this rollout")
     start: bool = Field(False, description="start at once instead of waiting for approval")
+    capture: CaptureSpecIn | None = Field(
+        None, description="capture samples from the devices once they run the new bundle"
+    )
 
     @model_validator(mode="after")
     def _one_strategy(self) -> RolloutCreate:

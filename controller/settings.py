@@ -70,6 +70,11 @@ class Settings:
     rollout_latency_lookback_s: float = 3600.0
     # Telemetry roll-ups, drift checks and alert webhooks (controller.monitoring_settings).
     monitoring: MonitoringSettings = MonitoringSettings()
+    # Data capture: the largest upload one device may send for one capture (devices
+    # default to 64 MiB on disk per capture), and the capture-set publishing tick.
+    capture_max_upload_bytes: int = 256 * MiB
+    capture_tick_s: float = 1.0
+    capture_republish_after_s: float = 10.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -79,6 +84,11 @@ class Settings:
     def blob_base_url(self) -> str:
         """Where devices fetch blobs (and bundle envelopes) by sha256."""
         return f"{self.public_url or DEFAULT_PUBLIC_URL}/api/v1/blobs"
+
+    @property
+    def api_url(self) -> str:
+        """This controller's REST API as devices reach it (capture uploads)."""
+        return f"{self.public_url or DEFAULT_PUBLIC_URL}/api/v1"
 
     @property
     def release_key_path(self) -> Path:
@@ -227,6 +237,16 @@ class Settings:
                 0.0,
             ),
             monitoring=MonitoringSettings.from_env(environ),
+            capture_max_upload_bytes=number(
+                "EDGEFLEET_CAPTURE_MAX_UPLOAD_BYTES", defaults.capture_max_upload_bytes, int, 1024
+            ),
+            capture_tick_s=number("EDGEFLEET_CAPTURE_TICK_S", defaults.capture_tick_s, float, 0.01),
+            capture_republish_after_s=number(
+                "EDGEFLEET_CAPTURE_REPUBLISH_AFTER_S",
+                defaults.capture_republish_after_s,
+                float,
+                0.1,
+            ),
         )
 
 

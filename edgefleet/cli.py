@@ -24,6 +24,7 @@ COMMANDS = {
     "rollout": "controller.rollout_cli",
     "drift": "controller.monitoring_cli",
     "telemetry": "controller.monitoring_cli",
+    "capture": "controller.capture_cli",
     "agent": "agent.cli",
     "simulate": "simulators.cli",
     "demo": "edgefleet.demo",

@@ -13,6 +13,7 @@
      |    +-- MissingFileError        a file the manifest names is absent
      +-- KeyFileError                 a key file that cannot be read or has the wrong type
      +-- WireError                    an MQTT payload that does not parse or validate
+     +-- DatasetError                 an .npz dataset that is unsafe or malformed
 
 Other packages hang their own families under :class:`EdgeFleetError`
 (``compress.errors.CompressError``, ``controller.errors.ServiceError``,
@@ -64,3 +65,7 @@ class KeyFileError(EdgeFleetError):
 
 class WireError(EdgeFleetError):
     """An MQTT payload does not parse or does not match its schema."""
+
+
+class DatasetError(EdgeFleetError):
+    """An ``.npz`` dataset (a capture upload) is malformed, unsafe, or not what was expected."""

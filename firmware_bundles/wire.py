@@ -22,7 +22,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
-UP_KINDS = ("state", "events", "telemetry", "drift", "status")
+UP_KINDS = ("state", "events", "telemetry", "drift", "status", "capture")
 DOWN_KINDS = ("desired", "cmd")
 PHASES = ("idle", "downloading", "verifying", "installing", "health_check", "trial", "failed")
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.blobstore import BlobStore
+from controller.capture_worker import CaptureWorker
 from controller.drift_references import DriftReferences
 from controller.errors import InvalidRequestError
 from controller.ingest import IngestWorker
@@ -35,6 +36,7 @@ class Runtime:
     references: DriftReferences
     monitoring: MonitoringWorker
     broker_connected: Callable[[], bool]
+    captures: CaptureWorker | None = None
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -33,9 +33,11 @@ from controller.models import (
 )
 from controller.monitoring_models import DriftRollup, TelemetryRollup
 from controller.rollout_engine import FAILED, IN_PROGRESS, ROLLED_BACK, TERMINAL
+from controller.services.captures import apply_capture_reports
 from controller.services.devices import ensure_devices
 from controller.services.window_store import drop_rolled_up
 from firmware_bundles import latency_histogram
+from firmware_bundles.capture_wire import CaptureReport
 from firmware_bundles.wire import Drift, Event, State, Status, Telemetry
 
 
@@ -173,6 +175,7 @@ def apply_reports(
     windows: list[dict[str, Any]] = []
     drifts: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    captures: list[CaptureReport] = []
     for report in reports:
         device = devices[report.device_id]
         message = report.message
@@ -196,6 +199,9 @@ def apply_reports(
         elif isinstance(message, Drift):
             _seen(device, report, message.window_end)
             drifts.append(_drift_row(message, report.received_at))
+        elif isinstance(message, CaptureReport):
+            _seen(device, report, message.ts)
+            captures.append(message)
     session.flush()
     if retention is not None:
         cutoff = clock - retention.raw_s
@@ -212,6 +218,8 @@ def apply_reports(
     ):
         if rows:
             session.execute(insert_ignoring_duplicates(session, table), rows)
+    if captures:
+        apply_capture_reports(session, captures)
 
 
 def _telemetry_row(t: Telemetry, received_at: datetime) -> dict[str, Any]:

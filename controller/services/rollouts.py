@@ -27,6 +27,7 @@ from controller.rollout_engine import QUEUED, assign_waves, plan_abort, resume
 from controller.rollout_policy import policy_from_dict, policy_to_dict
 from controller.rollout_schemas import RolloutCreate
 from controller.services.bundles import get_bundle
+from controller.services.captures import add_capture
 from controller.services.devices import ensure_devices
 from controller.services.rollout_execution import (
     Outgoing,
@@ -147,6 +148,11 @@ def create_rollout(
         rollout.id,
         f"bundle {bundle.name}@{bundle.version} to {len(targets)} devices",
     )
+    if request.capture is not None:
+        # Restricted to the new bundle: a device samples once it runs it.
+        add_capture(session, targets, request.capture, bundle=bundle,
+                    target={"rollout_id": rollout.id}, rollout_id=rollout.id,
+                    actor=actor.name, now=now)  # fmt: skip
     if request.start:
         rollout.status = "running"
         audit(session, actor.name, "start", rollout.id, "started on creation")

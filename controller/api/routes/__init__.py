@@ -8,6 +8,7 @@ from controller.api.routes import (
     audit,
     blobs,
     bundles,
+    captures,
     compression_jobs,
     devices,
     health,
@@ -18,6 +19,7 @@ from controller.api.routes import (
 
 api_router = APIRouter()
 for module in (
-    health, models, bundles, devices, rollouts, audit, blobs, compression_jobs, monitoring
+    health, models, bundles, devices, rollouts, captures, audit, blobs, compression_jobs,
+    monitoring,
 ):  # fmt: skip
     api_router.include_router(module.router)

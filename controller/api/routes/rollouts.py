@@ -44,10 +44,15 @@ def _detail(session: Session, rollout_id: str) -> RolloutDetail:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_rollout(body: RolloutCreate, session: SessionDep, actor: ActorDep) -> RolloutDetail:
+def create_rollout(
+    body: RolloutCreate, session: SessionDep, runtime: RuntimeDep, actor: ActorDep
+) -> RolloutDetail:
     """Queue the bundle for the devices named, or every known device with the tag /
-    hardware class, in waves or at a rate. It waits for ``start`` unless ``start: true``."""
+    hardware class, in waves or at a rate. It waits for ``start`` unless ``start: true``.
+    With ``capture``, its devices also sample the new bundle's traffic (``/captures``)."""
     rollout = rollouts.create_rollout(session, body, actor=Actor(actor), now=utcnow())
+    if body.capture is not None and runtime.captures is not None:
+        runtime.captures.wake()
     return _detail(session, rollout.id)
 
 
