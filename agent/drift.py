@@ -117,7 +117,7 @@ class DriftMonitor:
                 continue
             counts, missing = binner(values)
             v = np.asarray(values, dtype=np.float64)
-            finite = v[~np.isnan(v)] if missing else v
+            finite = v[np.isfinite(v)] if missing else v  # the binner's missing
             updates[name] = (counts, missing, finite)
         with self._lock:
             for name, (counts, missing, finite) in updates.items():

@@ -45,6 +45,8 @@ BAD_TOPIC = "bad_topic"
 OVERSIZED = "oversized"
 BAD_PAYLOAD = "bad_payload"
 ID_MISMATCH = "device_id_mismatch"
+# How far ahead of the controller's clock a window may end (device clocks drift).
+MAX_CLOCK_AHEAD_S = 900.0
 # A zero-length payload deletes a retained message (a device decommissioned): not bad data.
 EMPTY = "empty"
 
@@ -139,7 +141,21 @@ def parse_report(
             device_id,
             f"{kind} payload names device {claimed!r} but arrived on {device_id!r}'s topic",
         )
-    problem = _too_long(message)
+    problem = _too_long(message) or _from_the_future(message, received_at)
     if problem is not None:
         raise DroppedMessage(BAD_PAYLOAD, device_id, f"{kind} payload: {problem}")
     return Report(kind, device_id, message, received_at, retained)
+
+
+def _from_the_future(message: Message, received_at: datetime) -> str | None:
+    """A window that ends well after it arrived: a clock far ahead (or a forgery). Kept,
+    it would count in every check until then and never be rolled up."""
+    if not isinstance(message, (Telemetry, Drift)):
+        return None
+    ahead = message.window_end - received_at.timestamp()
+    if ahead <= MAX_CLOCK_AHEAD_S:
+        return None
+    return (
+        f"window ends {ahead:.0f} s after it arrived (device clock ahead by more than "
+        f"{MAX_CLOCK_AHEAD_S:.0f} s?)"
+    )

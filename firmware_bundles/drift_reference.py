@@ -12,7 +12,7 @@ Features:
   the value of a single score.
 
 Numeric features get ``bins`` equal-frequency bins from reference quantiles, the outer
-two open (``-inf``/``+inf``); NaN goes to a missing count. Integer features with at
+two open (``-inf``/``+inf``); NaN and infinities go to a missing count. Integer features with at
 most ``max_categories`` distinct values get a vocabulary with OTHER and MISSING buckets.
 """
 
@@ -121,7 +121,7 @@ def _mean_std(flat: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64], npt.NDAr
 
 
 def _numeric_ref(name: str, values: npt.NDArray[Any], bins: int) -> FeatureRef:
-    finite = values[~np.isnan(values)]
+    finite = values[np.isfinite(values)]
     if finite.size == 0:
         raise ManifestError(f"drift reference feature {name!r} has no finite values")
     quantiles = np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1])
@@ -171,9 +171,9 @@ class Binner:
         buckets = self.ref.buckets
         if self.ref.kind == "numeric":
             v = np.asarray(values, dtype=np.float64)
-            nan = np.isnan(v)
-            missing = int(nan.sum())
-            idx = np.searchsorted(self._edges, v[~nan] if missing else v, side="right")
+            bad = ~np.isfinite(v)  # NaN and +-inf count as missing: they have no bucket
+            missing = int(bad.sum())
+            idx = np.searchsorted(self._edges, v[~bad] if missing else v, side="right")
             return np.bincount(idx, minlength=buckets).astype(np.int64), missing
         v = np.asarray(values).astype(np.int64)
         vocabulary = self._vocabulary

@@ -14,6 +14,7 @@ from typing import Any
 
 from firmware_bundles.errors import WireError
 from firmware_bundles.latency_histogram import parse_histogram
+from firmware_bundles.wire_numbers import check_drift_stats, count, finite, reject_constant
 
 SCHEMA = 1
 PREFIX = "edgefleet/v1/dev"
@@ -64,8 +65,8 @@ def _load(payload: bytes, what: str) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireError(f"{what} payload is {len(payload)} bytes, over {MAX_PAYLOAD_BYTES}")
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(payload, parse_constant=reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise WireError(f"{what} payload is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise WireError(f"{what} payload must be a JSON object, got {type(data).__name__}")
@@ -197,7 +198,7 @@ def parse_state(payload: bytes) -> State:
         )
     return State(
         device_id=check_device_id(_get(data, "device_id", str, "state")),
-        ts=float(_get(data, "ts", (int, float), "state")),
+        ts=finite(data.get("ts"), "state.ts"),
         phase=phase,
         hardware_class=_get(data, "hardware_class", str, "state"),
         tags=list(tags),
@@ -243,7 +244,7 @@ def parse_event(payload: bytes) -> Event:
     bundle = data.get("bundle")
     return Event(
         device_id=check_device_id(_get(data, "device_id", str, "event")),
-        ts=float(_get(data, "ts", (int, float), "event")),
+        ts=finite(data.get("ts"), "event.ts"),
         type=kind,
         deployment_id=_opt(data, "deployment_id", str, "event"),
         bundle=None if bundle is None else BundleRef.parse(bundle, "event.bundle"),
@@ -278,18 +279,15 @@ def parse_telemetry(payload: bytes) -> Telemetry:
     data = _load(payload, "telemetry")
     counts: dict[str, int] = {}
     for key in ("seq", "inference_count", "error_count"):
-        value = _get(data, key, int, "telemetry")
-        if value < 0:
-            raise WireError(f"telemetry.{key} must be >= 0, got {value}")
-        counts[key] = value
-    start = float(_get(data, "window_start", (int, float), "telemetry"))
-    end = float(_get(data, "window_end", (int, float), "telemetry"))
+        counts[key] = count(data.get(key), f"telemetry.{key}")
+    start = finite(data.get("window_start"), "telemetry.window_start")
+    end = finite(data.get("window_end"), "telemetry.window_end")
     if end < start:
         raise WireError(f"telemetry window ends ({end}) before it starts ({start})")
 
     def latency(key: str) -> float | None:
-        value = _opt(data, key, (int, float), "telemetry")
-        return None if value is None else float(value)
+        value = data.get(key)
+        return None if value is None else finite(value, f"telemetry.{key}")
 
     bundle = data.get("bundle")
     raw_histogram = data.get("latency_histogram")
@@ -318,9 +316,6 @@ def parse_telemetry(payload: bytes) -> Telemetry:
     )
 
 
-_DRIFT_KEYS = ("counts", "missing", "n", "min", "max", "sum", "sumsq")
-
-
 @dataclass(frozen=True)
 class Drift:
     """One window of drift counts: feature name -> counts over the reference's buckets
@@ -341,31 +336,12 @@ def parse_drift(payload: bytes) -> Drift:
     data = _load(payload, "drift")
     features = _get(data, "features", dict, "drift")
     for name, stats in features.items():
-        what = f"drift.features[{name!r:.40}]"
-        if not isinstance(stats, dict) or set(stats) != set(_DRIFT_KEYS):
-            raise WireError(f"{what} must have exactly the keys {_DRIFT_KEYS}")
-        counts = stats["counts"]
-        if not isinstance(counts, list) or not all(
-            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts
-        ):
-            raise WireError(f"{what}.counts must be a list of non-negative integers")
-        for key in ("missing", "n"):
-            value = stats[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise WireError(f"{what}.{key} must be an integer >= 0")
-        for key in ("min", "max", "sum", "sumsq"):
-            value = stats[key]
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-            ):
-                raise WireError(f"{what}.{key} must be a number or null")
-    start = float(_get(data, "window_start", (int, float), "drift"))
-    end = float(_get(data, "window_end", (int, float), "drift"))
+        check_drift_stats(stats, f"drift.features[{name!r:.40}]")
+    start = finite(data.get("window_start"), "drift.window_start")
+    end = finite(data.get("window_end"), "drift.window_end")
     if end < start:
         raise WireError(f"drift window ends ({end}) before it starts ({start})")
-    seq = _get(data, "seq", int, "drift")
-    if seq < 0:
-        raise WireError(f"drift.seq must be >= 0, got {seq}")
+    seq = count(data.get("seq"), "drift.seq")
     return Drift(
         device_id=check_device_id(_get(data, "device_id", str, "drift")),
         seq=seq,
@@ -391,5 +367,5 @@ def parse_status(payload: bytes) -> Status:
     data = _load(payload, "status")
     return Status(
         online=_get(data, "online", bool, "status"),
-        ts=float(_get(data, "ts", (int, float), "status")),
+        ts=finite(data.get("ts"), "status.ts"),
     )

@@ -241,7 +241,13 @@ def run_drift_check(
             continue
         if ref is None:
             continue
-        did, queued = check_bundle(session, ref, settings, now)
+        try:
+            with session.begin_nested():  # one bundle's bad data rolls back only its check
+                did, queued = check_bundle(session, ref, settings, now)
+        except Exception:
+            log.exception("drift check of %s@%s failed; the other bundles go on",
+                          ref.bundle_name, ref.bundle_version)  # fmt: skip
+            continue
         changed += did
         events += queued
     return CheckSummary(len(shas), changed, events)

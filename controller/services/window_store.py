@@ -16,6 +16,7 @@ the raw retention is answered at bucket granularity (exactly, on bucket edges).
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ from controller import window_merge as wm
 from controller.db import chunks
 from controller.models import DriftWindow, TelemetryWindow
 from controller.monitoring_models import DriftRollup, TelemetryRollup
+
+log = logging.getLogger(__name__)
+# An honest device's windows in one bucket are one run of numbers (a few more after
+# restarts); past this many pieces the roll-up stops taking its windows.
+MAX_RANGES = 256
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,7 @@ class RollupCounts:
 
     rolled_up: int = 0  # raw windows added to roll-ups
     duplicates: int = 0  # raw windows a roll-up already held (dropped)
+    rejected: int = 0  # raw windows that do not add up with their bucket (dropped, logged)
     rollups_written: int = 0
     expired: int = 0  # roll-ups past the retention, deleted
     more: bool = False  # a batch was full: call again
@@ -180,6 +187,7 @@ class RollupCounts:
     def add(self, other: RollupCounts) -> None:
         self.rolled_up += other.rolled_up
         self.duplicates += other.duplicates
+        self.rejected += other.rejected
         self.rollups_written += other.rollups_written
         self.expired += other.expired
         self.more = self.more or other.more
@@ -253,12 +261,21 @@ def _roll_table(
             if wm.ranges_contain(total.seqs, row.seq):
                 counts.duplicates += 1
                 continue
-            total.seqs = wm.ranges_add(total.seqs, row.seq)
+            seqs = wm.ranges_add(total.seqs, row.seq)
+            try:
+                if len(seqs) > MAX_RANGES:
+                    raise ValueError(f"window numbers in {len(seqs)} pieces in one bucket")
+                values = add(total.values, row)
+            except (ValueError, TypeError, OverflowError) as exc:  # cannot add up with its bucket
+                counts.rejected += 1
+                log.warning("roll-up: dropped %s window %d of device %s: %s",
+                            raw.__tablename__, row.seq, row.device_id, exc)  # fmt: skip
+                continue
+            total.seqs, total.values = seqs, values
             total.windows += 1
             total.first_start = min(total.first_start, row.window_start)
             total.first_end = min(total.first_end, row.window_end)
             total.last_end = max(total.last_end, row.window_end)
-            total.values = add(total.values, row)
             counts.rolled_up += 1
         if total.windows == 0:
             continue

@@ -166,3 +166,22 @@ def test_a_day_of_windows_rolls_up_exactly_and_late_copies_count_once(
         session.commit()
     assert counts.expired == 2 * 3 * 6
     assert count_rows(sessions, TelemetryRollup) == count_rows(sessions, DriftRollup) == 0
+
+
+def test_a_window_that_cannot_add_up_is_dropped_and_the_roll_up_goes_on(
+    sessions: sessionmaker[Session],
+) -> None:
+    # Valid on the wire, but one window has another bucket count than its neighbours:
+    # a broken (or hostile) agent. Before, it made every roll-up pass fail for good.
+    reports = [
+        drift("dev-0", 1, T0 + 600, [1, 2, 3]),
+        drift("dev-0", 2, T0 + 1200, [4, 5]),
+        drift("dev-0", 3, T0 + 1800, [1, 1, 1]),
+        telemetry("dev-0", 1, T0 + 600, 9),
+    ]
+    ingest(sessions, reports, now=T0 + 1800)
+    assert roll_all(sessions, now=T0 + 3 * HOUR) == 1
+    assert count_rows(sessions, DriftWindow) == 0 and count_rows(sessions, TelemetryWindow) == 0
+    after = totals(sessions)
+    assert after["drift_windows"] == 2 and after["drift"]["x[0]"]["counts"] == [2, 3, 4]
+    assert after["inferences"] == 9

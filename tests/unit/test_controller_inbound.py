@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from controller.inbound import DroppedMessage, parse_report
-from firmware_bundles.wire import MAX_PAYLOAD_BYTES, State, Status
+from firmware_bundles.wire import MAX_PAYLOAD_BYTES, State, Status, Telemetry
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 STATE_TOPIC = "edgefleet/v1/dev/cam-1/up/state"
@@ -54,3 +54,15 @@ def test_bad_messages_are_refused_with_a_reason(topic: str, payload: bytes, reas
 def test_fields_longer_than_the_store_keeps_are_refused() -> None:
     dropped = drop(STATE_TOPIC, State("cam-1", 1.0, "idle", "h" * 200).to_bytes())
     assert "hardware_class is 200 characters" in dropped.problem
+
+
+def test_a_window_from_the_future_is_refused_and_one_a_little_ahead_is_kept() -> None:
+    topic = "edgefleet/v1/dev/cam-1/up/telemetry"
+    now = NOW.timestamp()
+
+    def window(end: float) -> bytes:
+        return Telemetry("cam-1", 1, end - 10, end, 5, 0, None, None, None).to_bytes()
+
+    assert parse_report(topic, window(now + 60), NOW).kind == "telemetry"  # a clock 1 min ahead
+    dropped = drop(topic, window(now + 86_400))
+    assert dropped.reason == "bad_payload" and "after it arrived" in dropped.problem

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from firmware_bundles.errors import WireError
@@ -16,6 +18,7 @@ from firmware_bundles.wire import (
     Telemetry,
     check_device_id,
     parse_desired,
+    parse_drift,
     parse_event,
     parse_state,
     parse_status,
@@ -79,7 +82,19 @@ def test_bad_payloads_raise_wire_error(parse, payload: bytes, message: str) -> N
         ),
         (
             b'{"schema":1,"device_id":"d","seq":1,"window_start":0,"window_end":1,"inference_count":-1,"error_count":0}',
-            ">= 0",
+            "telemetry.inference_count must be an integer 0",
+        ),
+        (
+            b'{"schema":1,"device_id":"d","seq":1,"window_start":0,"window_end":1,"inference_count":100000000000000000000,"error_count":0}',
+            "telemetry.inference_count must be an integer 0",
+        ),
+        (
+            b'{"schema":1,"device_id":"d","seq":1,"window_start":NaN,"window_end":1,"inference_count":1,"error_count":0}',
+            "NaN is not a number EdgeFleet accepts",
+        ),
+        (
+            b'{"schema":1,"device_id":"d","seq":1,"window_start":-1e400,"window_end":1,"inference_count":1,"error_count":0}',
+            "telemetry.window_start must be a finite number",
         ),
         (
             b'{"schema":1,"device_id":"d","seq":1,"window_start":5,"window_end":1,"inference_count":1,"error_count":0}',
@@ -91,7 +106,7 @@ def test_bad_payloads_raise_wire_error(parse, payload: bytes, message: str) -> N
         ),
         (
             b'{"schema":1,"device_id":"d","seq":true,"window_start":0,"window_end":1,"inference_count":1,"error_count":0}',
-            "bool",
+            "telemetry.seq must be an integer",
         ),
     ],
 )
@@ -138,3 +153,42 @@ def test_topics() -> None:
     ):
         with pytest.raises(WireError):
             split_topic(bad)
+
+
+def _drift(**stats: object) -> bytes:
+    feature = {"counts": [2, 1], "missing": 0, "n": 3, "min": -1.0, "max": 2.0,
+               "sum": 1.5, "sumsq": 5.25, **stats}  # fmt: skip
+    body = {"schema": 1, "device_id": "d", "seq": 4, "window_start": 0.0, "window_end": 60.0,
+            "bundle": {"manifest_sha256": "ab" * 32, "name": "m", "version": "1"},
+            "features": {"x[0]": feature}}  # fmt: skip
+    return json.dumps(body).encode()
+
+
+def test_a_drift_window_round_trips() -> None:
+    window = parse_drift(_drift())
+    assert window.features["x[0]"]["n"] == 3 and window.seq == 4
+    assert parse_drift(window.to_bytes()) == window
+    empty = parse_drift(_drift(counts=[0, 0], n=0, min=None, max=None, sum=0.0, sumsq=0.0))
+    assert empty.features["x[0]"]["min"] is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (_drift(sum=None), "drift.features['x[0]'].sum must be a number"),
+        (_drift(sumsq=10**400), "sumsq must be a finite number"),
+        (_drift(n=4), "n is 4 but its counts add up to 3"),
+        (_drift(min=None), "min must be null exactly when n is 0"),
+        (_drift(counts=[2**60, 0], n=2**60), "counts[] must be an integer 0..2**53"),
+        (_drift(counts=[0] * 2000, n=0, min=None, max=None), "list of 1..1024 counts"),
+        (_drift(counts=[]), "list of 1..1024 counts"),
+        (_drift(missing=-1), "missing must be an integer"),
+        (_drift(extra=1), "must have exactly the keys"),
+        (_drift().replace(b'"sum": 1.5', b'"sum": Infinity'), "Infinity is not a number"),
+        (_drift().replace(b'"window_end": 60.0', b'"window_end": 1e400'), "finite number"),
+    ],
+)
+def test_drift_windows_that_would_poison_sums_are_refused(payload: bytes, message: str) -> None:
+    with pytest.raises(WireError) as caught:
+        parse_drift(payload)
+    assert message in str(caught.value)
