@@ -114,6 +114,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
                 latency_lookback_s=settings.rollout_latency_lookback_s,
                 drift_alpha=settings.monitoring.drift_alpha,
                 drift_min_samples=settings.monitoring.drift_min_samples,
+                drift_min_psi=settings.monitoring.drift_min_psi,
             ),
         ),
         references=references,

@@ -176,6 +176,7 @@ def detect_drift_groups(
     *,
     alpha: float = 0.01,
     min_samples: int = 100,
+    min_psi: float = 0.0,
 ) -> dict[G, list[FeatureDrift]]:
     """:func:`detect_drift` for many groups (devices, say) as one family of tests.
 
@@ -191,7 +192,7 @@ def detect_drift_groups(
                 if f.n >= min_samples]  # fmt: skip
     rejected = benjamini_hochberg([figures[g][i].p_value for g, i in testable], alpha)
     for (g, i), reject in zip(testable, rejected, strict=True):
-        if reject:
+        if reject and figures[g][i].psi >= min_psi:
             figures[g][i] = replace(figures[g][i], drifted=True)
     return figures
 
@@ -202,12 +203,17 @@ def detect_drift(
     *,
     alpha: float = 0.01,
     min_samples: int = 100,
+    min_psi: float = 0.0,
 ) -> list[FeatureDrift]:
     """Per-feature figures and verdicts; features with fewer than ``min_samples``
-    current samples get figures but never a drift verdict.
+    current samples get figures but never a drift verdict, and a significant change
+    smaller than ``min_psi`` is not called drift (with enough samples every difference
+    is significant; the floor asks for one that matters).
 
     Under no drift, Benjamini-Hochberg keeps the chance that a window raises any alarm
     at about ``alpha`` (measured: 5.5-7% of windows at alpha 0.05, so the default is
     0.01 for a false-alarm rate well under 5%; see tests/unit/test_drift_stats.py).
     """
-    return detect_drift_groups(reference, {0: current}, alpha=alpha, min_samples=min_samples)[0]
+    return detect_drift_groups(
+        reference, {0: current}, alpha=alpha, min_samples=min_samples, min_psi=min_psi
+    )[0]

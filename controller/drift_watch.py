@@ -6,7 +6,8 @@ device, and tests every device x feature against the bundle's reference as one f
 raises an alarm about as rarely as one device does. What drifts becomes an alert:
 
 - ``pending`` when first found; ``open`` once ``confirmations`` checks in a row found
-  drift (a single unlucky check never reaches a webhook);
+  drift, each after the first on data that arrived since the one before (a single
+  unlucky stretch of data never reaches a webhook);
 - an open alert is ``updated`` when more devices or features join it;
 - ``resolved`` after ``resolve_after`` checks in a row found none; a pending alert the
   next check does not confirm is ``dismissed``.
@@ -29,27 +30,39 @@ ACTIVE = (PENDING, OPEN)
 OPENED, UPDATED, CLOSED = "drift_alert.opened", "drift_alert.updated", "drift_alert.resolved"
 
 
-def merge_windows(
-    parts: Iterable[tuple[str, Mapping[str, Any]]], bins: Mapping[str, FeatureBins]
-) -> tuple[dict[str, dict[str, wm.FeatureStats]], list[str]]:
-    """Sum ``(group, features)`` windows per group, keeping only the features the
-    reference knows with its bucket count. Returns the sums and what was skipped."""
-    merged: dict[str, dict[str, wm.FeatureStats]] = {}
-    problems: list[str] = []
-    for group, features in parts:
-        into = merged.setdefault(group, {})
+class Merger:
+    """Sums drift windows per key (a device, a device and a time step, ...), keeping only
+    the features the reference knows with its bucket count; what it skips, it says."""
+
+    def __init__(self, bins: Mapping[str, FeatureBins]) -> None:
+        self.bins = bins
+        self.merged: dict[Any, dict[str, wm.FeatureStats]] = {}
+        self.problems: list[str] = []
+
+    def add(self, key: Any, features: Mapping[str, Any], who: str = "") -> None:
+        into = self.merged.setdefault(key, {})
         for name, stats in features.items():
-            ref = bins.get(name)
+            ref = self.bins.get(name)
             if ref is None:
                 continue  # a feature of another extractor config: nothing to compare with
             if len(stats["counts"]) != len(ref.counts):
-                problems.append(
-                    f"{group}: feature {name!r} has {len(stats['counts'])} buckets, "
-                    f"the reference {len(ref.counts)}"
-                )
+                if len(self.problems) < 100:
+                    self.problems.append(
+                        f"{who or key}: feature {name!r} has {len(stats['counts'])} buckets, "
+                        f"the reference {len(ref.counts)}"
+                    )
                 continue
             into[name] = wm.add_stats(into.get(name) or wm.empty_stats(len(ref.counts)), stats)
-    return merged, problems
+
+
+def merge_windows(
+    parts: Iterable[tuple[str, Mapping[str, Any]]], bins: Mapping[str, FeatureBins]
+) -> tuple[dict[str, dict[str, wm.FeatureStats]], list[str]]:
+    """Sum ``(group, features)`` windows per group (see :class:`Merger`)."""
+    merger = Merger(bins)
+    for group, features in parts:
+        merger.add(group, features)
+    return merger.merged, merger.problems
 
 
 def counts_of(merged: Mapping[str, wm.FeatureStats]) -> dict[str, list[int]]:
@@ -80,12 +93,14 @@ def find_drift(
     *,
     alpha: float,
     min_samples: int,
+    min_psi: float = 0.0,
 ) -> Finding:
     figures = detect_drift_groups(
         bins,
         {device: counts_of(merged) for device, merged in per_device.items()},
         alpha=alpha,
         min_samples=min_samples,
+        min_psi=min_psi,
     )
     drifting: dict[str, list[str]] = {}
     for device, rows in sorted(figures.items()):
@@ -188,12 +203,31 @@ def step_alert(
     features: Sequence[AlertFeature],
     now: float,
     policy: AlertPolicy,
+    fresh: Finding | None = None,
 ) -> tuple[AlertState | None, str | None]:
     """The alert after one check, and the event to deliver (None: nothing to tell).
 
     ``alert`` is the bundle's active (pending or open) alert, if any; ``features`` are
-    the drifting features this check found, with their figures.
+    the drifting features this check found (over the whole check window), with their
+    figures. A pending alert is confirmed only by ``fresh``: what arrived since it was
+    last seen, tested on its own (consecutive check windows overlap, so the whole
+    window would confirm one unlucky minute by itself); until ``fresh`` has enough
+    samples to judge, it waits.
     """
+    if alert is not None and alert.status == PENDING:
+        evidence = fresh if fresh is not None else finding
+        if not evidence.judged:
+            return alert, None
+        if not evidence.drifting:
+            return replace(alert, status=DISMISSED, resolved_at=now), None
+        confirmations = alert.confirmations + 1
+        state = replace(
+            alert, last_seen_at=now, confirmations=confirmations,
+            features=_joined(alert.features, features),
+        )  # fmt: skip
+        if confirmations >= policy.confirmations:
+            return replace(state, status=OPEN, opened_at=now), OPENED
+        return state, None
     if not finding.judged:
         return alert, None
     if features:
@@ -202,20 +236,12 @@ def step_alert(
             state = AlertState(status, now, now, features=tuple(sorted(features, key=_name)))
             return state, (OPENED if status == OPEN else None)
         joined = _joined(alert.features, features)
-        confirmations = alert.confirmations + 1
-        state = replace(
-            alert, last_seen_at=now, confirmations=confirmations, quiet_checks=0, features=joined
-        )
-        if alert.status == PENDING:
-            if confirmations >= policy.confirmations:
-                return replace(state, status=OPEN, opened_at=now), OPENED
-            return state, None
+        state = replace(alert, last_seen_at=now, confirmations=alert.confirmations + 1,
+                        quiet_checks=0, features=joined)  # fmt: skip
         grew = set(state.devices) > set(alert.devices) or len(joined) > len(alert.features)
         return state, (UPDATED if grew else None)
     if alert is None:
         return None, None
-    if alert.status == PENDING:
-        return replace(alert, status=DISMISSED, resolved_at=now), None
     quiet = alert.quiet_checks + 1
     if quiet >= policy.resolve_after:
         return replace(alert, status=RESOLVED, quiet_checks=quiet, resolved_at=now), CLOSED

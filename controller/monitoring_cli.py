@@ -129,11 +129,15 @@ def _devices(names: list[str], limit: int = 4) -> str:
 def format_report(answer: dict[str, Any]) -> str:
     lines = [
         f"drift {_clock(answer['since'])} .. {_clock(answer['until'])} (alpha "
-        f"{answer['alpha']}, verdicts from {answer['min_samples']} samples)"
+        f"{answer['alpha']}, verdicts from {answer['min_samples']} samples, PSI >= "
+        f"{answer['min_psi']})"
     ]
     for entry in answer["bundles"]:
         b = entry["bundle"]
-        verdict = "DRIFT" if entry["drifted"] else "no drift"
+        drifting = entry["drifting_devices"]
+        verdict = "DRIFT" if entry["drifted"] else "no drift across the scope"
+        if drifting:
+            verdict += f"; drift on {len(drifting)} of {entry['devices']} devices"
         lines.append(
             f"\n{b['name']}@{b['version']} ({(b['manifest_sha256'] or '')[:12]}): {verdict}, "
             f"{entry['devices']} devices, {entry['windows']} windows"

@@ -83,7 +83,17 @@ class DriftAlert(Base):
     """
 
     __tablename__ = "drift_alerts"
-    __table_args__ = (sa.Index("ix_drift_alerts_bundle_status", "bundle_sha256", "status"),)
+    __table_args__ = (
+        sa.Index("ix_drift_alerts_bundle_status", "bundle_sha256", "status"),
+        # At most one active alert per bundle, whatever two replicas' checks do at once.
+        sa.Index(
+            "uq_drift_alerts_active_bundle",
+            "bundle_sha256",
+            unique=True,
+            postgresql_where=sa.text("status IN ('pending', 'open')"),
+            sqlite_where=sa.text("status IN ('pending', 'open')"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     bundle_sha256: Mapped[str] = mapped_column(sa.String(64))

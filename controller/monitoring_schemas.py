@@ -85,6 +85,7 @@ class DriftReport(BaseModel):
     until: float
     alpha: float
     min_samples: int
+    min_psi: float
     bundles: list[BundleDriftOut]
 
 

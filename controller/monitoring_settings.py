@@ -42,6 +42,9 @@ class MonitoringSettings:
     drift_window_s: float = _bounded(900.0, 1.0)
     drift_alpha: float = _bounded(0.01, 1e-12, 0.5)
     drift_min_samples: int = _bounded(200, 1)
+    # ... and no verdict of drift for a change smaller than this PSI, however
+    # significant (large windows make every difference significant); 0 turns it off.
+    drift_min_psi: float = _bounded(0.1, 0.0, 10.0)
     drift_confirmations: int = _bounded(2, 1)
     drift_resolve_after: int = _bounded(3, 1)
     # A replica that dies holding a monitoring job loses it after this long.

@@ -4,7 +4,8 @@
   (:func:`controller.services.window_store.roll_up_batch`, a batch per transaction);
 - **drift check** every ``drift_check_interval_s``
   (:func:`controller.services.drift_alerts.run_drift_check`);
-- **webhook deliveries** that are due, every tick (:func:`controller.webhooks.deliver_due`).
+- **webhook deliveries** that are due, on a thread of their own, one claimed at a time
+  (:func:`controller.webhooks.deliver_due`).
 
 With several replicas each periodic job runs on one of them at a time: its lease row
 (:mod:`controller.leases`) is both the lock and the schedule. Deliveries are claimed
@@ -32,6 +33,7 @@ from controller.webhooks import deliver_due
 log = logging.getLogger(__name__)
 ROLLUP, DRIFT_CHECK = "telemetry-rollup", "drift-check"
 MAX_ROLLUP_BATCHES = 1000  # per run: a backlog is worked off over several runs
+MAX_DELIVERIES_PER_ROUND = 100
 
 
 class MonitoringWorker:
@@ -53,6 +55,7 @@ class MonitoringWorker:
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._webhooks: threading.Thread | None = None
         self._client: httpx.Client | None = None
         self.errors = 0
         self.last: dict[str, Any] = {}  # job -> what its last run did
@@ -64,12 +67,17 @@ class MonitoringWorker:
         self._client = httpx.Client(timeout=self.settings.webhook_timeout_s)
         self._thread = threading.Thread(target=self._run, name="edgefleet-monitoring", daemon=True)
         self._thread.start()
+        self._webhooks = threading.Thread(
+            target=self._deliver_loop, name="edgefleet-webhooks", daemon=True
+        )
+        self._webhooks.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for thread in (self._thread, self._webhooks):
+            if thread is not None:
+                thread.join(timeout)
+        self._thread = self._webhooks = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -90,11 +98,6 @@ class MonitoringWorker:
             except Exception:
                 self.errors += 1
                 log.exception("monitoring job %s failed; it runs again when next due", name)
-        try:
-            self.deliver()
-        except Exception:
-            self.errors += 1
-            log.exception("webhook deliveries failed; retrying on the next tick")
 
     def _run_leased(self, name: str, job: Callable[[float], Any], every: float) -> None:
         started = self._clock()
@@ -117,39 +120,72 @@ class MonitoringWorker:
                 extend_lease(session, name, self.replica_id, started + every)
                 session.commit()
 
+    def _hold(self, name: str) -> bool:
+        """Extend our lease on ``name`` (a long run); False when another replica has it."""
+        with self._sessions() as session:
+            kept = extend_lease(
+                session, name, self.replica_id, self._clock() + self.settings.monitoring_lease_s
+            )
+            session.commit()
+        if not kept:
+            log.warning("lost the %s lease to another replica: stopping this run", name)
+        return kept
+
     def roll_up(self, now: float) -> RollupCounts:
         s = self.settings
         total = RollupCounts()
         for _ in range(MAX_ROLLUP_BATCHES):
+            if not self._hold(ROLLUP):
+                break
             with self._sessions() as session:
                 counts = roll_up_batch(
                     session, now=now, raw_retention_s=s.telemetry_raw_retention_s,
                     bucket_s=s.telemetry_bucket_s, retention_s=s.telemetry_retention_s,
                     batch=s.rollup_batch,
                 )  # fmt: skip
-                extend_lease(session, ROLLUP, self.replica_id, self._clock() + s.monitoring_lease_s)
                 session.commit()
             total.add(counts)
             if not counts.more or self._stop.is_set():
                 break
         total.more = False
-        if total.rolled_up or total.expired:
+        if total.rolled_up or total.expired or total.rejected:
             log.info(
-                "roll-up: %d windows into %d rows, %d repeats dropped, %d rows expired",
-                *(total.rolled_up, total.rollups_written, total.duplicates, total.expired),
+                "roll-up: %d windows into %d rows, %d repeats and %d bad dropped, %d expired",
+                *(total.rolled_up, total.rollups_written, total.duplicates, total.rejected),
+                total.expired,
             )
         return total
 
     def check_drift(self, now: float) -> Any:
-        with self._sessions() as session:
-            summary = run_drift_check(session, self._references, self.settings, now)
-            session.commit()
-        return summary
+        return run_drift_check(
+            self._sessions, self._references, self.settings, now, lambda: self._hold(DRIFT_CHECK)
+        )
+
+    # ------------------------------------------------------------ webhooks
+
+    def _deliver_loop(self) -> None:
+        """On a thread of its own: a slow or silent receiver must not hold up the jobs."""
+        while not self._stop.is_set():
+            try:
+                busy = self.deliver()
+            except Exception:
+                self.errors += 1
+                log.exception("webhook deliveries failed; retrying")
+                busy = 0
+            if not busy:
+                self._stop.wait(self._tick_s)
 
     def deliver(self) -> int:
+        """Attempt the due deliveries (one claimed at a time); how many were attempted."""
         if not self.settings.alert_webhooks or self._client is None:
             return 0
-        with self._sessions() as session:
-            return deliver_due(
-                session, self._client, self.settings, owner=self.replica_id, clock=self._clock
-            )
+        attempted = 0
+        for _ in range(MAX_DELIVERIES_PER_ROUND):
+            with self._sessions() as session:
+                done = deliver_due(
+                    session, self._client, self.settings, owner=self.replica_id, clock=self._clock
+                )
+            if not done:
+                break
+            attempted += done
+        return attempted

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 EVENT_HEADER = "X-EdgeFleet-Event"
 DELIVERY_HEADER = "X-EdgeFleet-Delivery"
 SIGNATURE_HEADER = "X-EdgeFleet-Signature"
-CLAIM_BATCH = 20
+CLAIM_BATCH = 1  # claimed one at a time: a lease covers one POST, however slow
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -101,7 +101,8 @@ def deliver_due(
     clock: Callable[[], float],
 ) -> int:
     """Attempt every due delivery once; returns how many were attempted."""
-    rows = _claim(session, owner, clock(), settings.webhook_timeout_s * 2 + 5)
+    # httpx's timeout bounds each phase (connect, write, read): hold for all of them.
+    rows = _claim(session, owner, clock(), settings.webhook_timeout_s * 4 + 5)
     for row in rows:
         problem = _post(client, row, settings)
         now = clock()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,13 +22,12 @@ from sqlalchemy.orm import Session
 from controller import drift_watch as dw
 from controller import window_merge as wm
 from controller.drift_references import DriftReferences, Reference, is_prediction
-from controller.drift_stats import detect_drift, feature_figures
+from controller.drift_stats import FeatureBins, detect_drift, feature_figures
 from controller.errors import InvalidRequestError, NotFoundError
 from controller.models import Model, ModelVersion
 from controller.monitoring_models import DriftAlert, WebhookDelivery
 from controller.monitoring_settings import MonitoringSettings
-from controller.services.window_store import DriftPart, Query, drift_bundles, drift_parts
-from firmware_bundles.errors import BundleError
+from controller.services.window_store import Query, drift_bundles, drift_parts
 
 log = logging.getLogger(__name__)
 SINCE_STEPS = 6  # steps of the check window in which a new drift's start is placed
@@ -43,46 +42,39 @@ class CheckSummary:
 
 
 def _onset(
-    parts: Sequence[DriftPart], ref: Reference, feature: str, devices: Sequence[str],
-    since: float, window_s: float, *, alpha: float, min_samples: int,
+    steps: dw.Merger, bins: dict[str, FeatureBins], feature: str, devices: Sequence[str],
+    since: float, step_s: float, *, alpha: float, min_samples: int, min_psi: float,
 ) -> float:  # fmt: skip
     """When ``feature`` started drifting on ``devices`` within the check window."""
-    bins = {feature: ref.bins()[feature]}
-    step_s = window_s / SINCE_STEPS
-    slots: list[list[tuple[str, Any]]] = [[] for _ in range(SINCE_STEPS)]
-    chosen = set(devices)
-    for part in parts:
-        if part.device_id in chosen:
-            index = dw.step_of(part.last_end, since, step_s, SINCE_STEPS)
-            slots[index].append(("d", part.features))
-    steps = []
-    for index, slot in enumerate(slots):
-        merged, _ = dw.merge_windows(slot, bins)
-        counts = dw.counts_of(merged.get("d", {}))
-        verdict = detect_drift(bins, counts, alpha=alpha, min_samples=min_samples) if counts else []
-        steps.append(
-            (
-                since + index * step_s,
-                None if not verdict or verdict[0].n < min_samples else verdict[0].drifted,
-            )
-        )
-    started = dw.onset(steps)
+    chosen = {feature: bins[feature]}
+    verdicts = []
+    for index in range(SINCE_STEPS):
+        parts = [steps.merged[(d, index)][feature] for d in devices
+                 if feature in steps.merged.get((d, index), {})]  # fmt: skip
+        verdict = None
+        if parts:
+            counts = wm.merge_features({feature: p} for p in parts)[feature]["counts"]
+            [row] = detect_drift(chosen, {feature: counts}, alpha=alpha,
+                                 min_samples=min_samples, min_psi=min_psi)  # fmt: skip
+            verdict = row.drifted if row.n >= min_samples else None
+        verdicts.append((since + index * step_s, verdict))
+    started = dw.onset(verdicts)
     return since if started is None else started
 
 
 def _found_features(
-    parts: Sequence[DriftPart], ref: Reference, finding: dw.Finding,
-    per_device: dict[str, dict[str, wm.FeatureStats]], since: float,
+    ref: Reference, finding: dw.Finding, whole: dw.Merger, steps: dw.Merger, since: float,
     settings: MonitoringSettings,
 ) -> list[dw.AlertFeature]:  # fmt: skip
     bins = ref.bins()
     found = []
     for name, devices in finding.drifting.items():
-        merged = wm.merge_features({name: per_device[d][name]} for d in devices)[name]
+        merged = wm.merge_features({name: whole.merged[d][name]} for d in devices)[name]
         figures = feature_figures(name, bins[name], merged["counts"], drifted=True)
         since_at = _onset(
-            parts, ref, name, devices, since, settings.drift_window_s,
+            steps, bins, name, devices, since, settings.drift_window_s / SINCE_STEPS,
             alpha=settings.drift_alpha, min_samples=settings.drift_min_samples,
+            min_psi=settings.drift_min_psi,
         )  # fmt: skip
         data = {**asdict(figures), "kind": "prediction" if is_prediction(name) else "input"}
         found.append(dw.AlertFeature(name, tuple(devices), since_at, data))
@@ -188,15 +180,6 @@ def check_bundle(
 ) -> tuple[bool, int]:
     """Check one bundle; (alert changed, events queued). The caller commits."""
     since = now - settings.drift_window_s
-    parts = list(drift_parts(session, Query(bundle=ref.bundle_sha256, since=since)))
-    per_device, problems = dw.merge_windows(((p.device_id, p.features) for p in parts), ref.bins())
-    for problem in problems[:5]:
-        log.warning("drift check of %s@%s skipped %s", ref.bundle_name, ref.bundle_version,
-                    problem)  # fmt: skip
-    finding = dw.find_drift(
-        ref.bins(), per_device, alpha=settings.drift_alpha, min_samples=settings.drift_min_samples
-    )
-    found = _found_features(parts, ref, finding, per_device, since, settings)
     row = session.scalar(
         sa.select(DriftAlert)
         .where(DriftAlert.bundle_sha256 == ref.bundle_sha256, DriftAlert.status.in_(dw.ACTIVE))
@@ -204,9 +187,32 @@ def check_bundle(
         .limit(1)
         .with_for_update()
     )
+    fresh_after = row.last_seen_at if row is not None and row.status == dw.PENDING else None
+    # One pass over the window, summed per device, per device and step (for onsets),
+    # and per device over what is new since a pending alert was last seen.
+    bins = ref.bins()
+    whole, steps, fresh = dw.Merger(bins), dw.Merger(bins), dw.Merger(bins)
+    step_s = settings.drift_window_s / SINCE_STEPS
+    query = Query(bundle=ref.bundle_sha256, since=since, until=now)
+    for part in drift_parts(session, query):
+        whole.add(part.device_id, part.features)
+        index = dw.step_of(part.last_end, since, step_s, SINCE_STEPS)
+        steps.add((part.device_id, index), part.features, part.device_id)
+        if fresh_after is not None and part.last_end > fresh_after:
+            fresh.add(part.device_id, part.features)
+    for problem in whole.problems[:5]:
+        log.warning("drift check of %s@%s skipped %s", ref.bundle_name, ref.bundle_version,
+                    problem)  # fmt: skip
+    judge = {"alpha": settings.drift_alpha, "min_psi": settings.drift_min_psi}
+    min_samples = settings.drift_min_samples
+    finding = dw.find_drift(bins, whole.merged, min_samples=min_samples, **judge)
+    found = _found_features(ref, finding, whole, steps, since, settings)
+    fresh_finding = None
+    if fresh_after is not None:
+        fresh_finding = dw.find_drift(bins, fresh.merged, min_samples=min_samples, **judge)
     before = None if row is None else _state_of(row)
     policy = dw.AlertPolicy(settings.drift_confirmations, settings.drift_resolve_after)
-    state, event = dw.step_alert(before, finding, found, now, policy)
+    state, event = dw.step_alert(before, finding, found, now, policy, fresh_finding)
     if state is None or state == before:
         return False, 0
     if row is None:
@@ -227,27 +233,33 @@ def check_bundle(
 
 
 def run_drift_check(
-    session: Session, references: DriftReferences, settings: MonitoringSettings, now: float
+    sessions: Callable[[], Session],
+    references: DriftReferences,
+    settings: MonitoringSettings,
+    now: float,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> CheckSummary:
-    """Check every bundle that sent drift windows in the check window. An alert whose
-    devices send nothing stays as it is: there is no evidence either way."""
-    shas = drift_bundles(session, now - settings.drift_window_s)
+    """Check every bundle that sent drift windows in the check window, each in a
+    transaction of its own (a bundle whose check fails is logged; the others go on).
+    ``keep_going`` is asked before each bundle (a replica that lost its lease stops).
+    An alert whose devices send nothing stays as it is: no evidence either way."""
+    with sessions() as session:
+        shas = drift_bundles(session, now - settings.drift_window_s, now)
     changed = events = 0
     for sha in shas:
-        try:
-            ref = references.get(session, sha)
-        except BundleError as exc:
-            log.error("drift check: bundle %s skipped: %s", sha[:12], exc)
-            continue
-        if ref is None:
-            continue
-        try:
-            with session.begin_nested():  # one bundle's bad data rolls back only its check
+        if not keep_going():
+            break
+        with sessions() as session:
+            try:
+                ref = references.get(session, sha)
+                if ref is None:
+                    continue
                 did, queued = check_bundle(session, ref, settings, now)
-        except Exception:
-            log.exception("drift check of %s@%s failed; the other bundles go on",
-                          ref.bundle_name, ref.bundle_version)  # fmt: skip
-            continue
+                session.commit()
+            except Exception:
+                session.rollback()
+                log.exception("drift check of bundle %s failed; the other bundles go on", sha[:12])
+                continue
         changed += did
         events += queued
     return CheckSummary(len(shas), changed, events)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from controller import drift_watch as dw
 from controller import window_merge as wm
 from controller.drift_references import DriftReferences, Reference, is_prediction
-from controller.drift_stats import detect_drift
+from controller.drift_stats import FeatureBins, detect_drift
 from controller.errors import InvalidRequestError
 from controller.services.fleet_scope import Scope, resolve_scope
-from controller.services.window_store import DriftPart, Query, drift_parts
+from controller.services.window_store import Query, drift_bundles_in, drift_parts
 
 log = logging.getLogger(__name__)
 MAX_STEPS = 200
@@ -38,47 +38,56 @@ def _moments(stats: Mapping[str, Any]) -> dict[str, float | None]:
     return {"mean": mean, "std": math.sqrt(max(0.0, float(stats["sumsq"]) / n - mean * mean))}
 
 
+@dataclass(frozen=True)
+class Judge:
+    alpha: float = 0.01
+    min_samples: int = 200
+    min_psi: float = 0.0
+
+
 def _timeline(
-    parts: Sequence[DriftPart], ref: Reference, since: float, step_s: float, steps: int,
-    *, alpha: float, min_samples: int,
+    per_step: dw.Merger, bins: dict[str, FeatureBins], since: float, step_s: float, steps: int,
+    judge: Judge,
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """feature -> [{start, n, psi, drifted}] per step (drifted None: too few samples)."""
-    bins = ref.bins()
-    slots: list[list[tuple[str, Mapping[str, Any]]]] = [[] for _ in range(steps)]
-    for part in parts:
-        index = dw.step_of(part.last_end, since, step_s, steps)
-        slots[index].append(("fleet", part.features))
     timeline: dict[str, list[dict[str, Any]]] = {name: [] for name in bins}
-    for index, slot in enumerate(slots):
-        merged, _ = dw.merge_windows(slot, bins)
-        counts = dw.counts_of(merged.get("fleet", {}))
-        figures = {f.name: f for f in detect_drift(bins, counts, alpha=alpha,
-                                                   min_samples=min_samples)}  # fmt: skip
+    for index in range(steps):
+        counts = dw.counts_of(per_step.merged.get(index, {}))
+        figures = {f.name: f for f in detect_drift(bins, counts, **asdict(judge))}
         for name in bins:
             f = figures.get(name)
             timeline[name].append({
                 "start": since + index * step_s,
                 "n": f.n if f else 0,
                 "psi": f.psi if f else None,
-                "drifted": (f.drifted if f.n >= min_samples else None) if f else None,
+                "drifted": (f.drifted if f.n >= judge.min_samples else None) if f else None,
             })  # fmt: skip
     return timeline
 
 
 def _bundle_report(
-    parts: Sequence[DriftPart], ref: Reference, since: float, until: float, steps: int,
-    *, alpha: float, min_samples: int,
-) -> dict[str, Any]:  # fmt: skip
+    session: Session, ref: Reference, query: Query, steps: int, judge: Judge
+) -> dict[str, Any]:
+    """One pass over the bundle's windows, summed per device and per time step: memory
+    grows with devices and steps, not with the windows in the range."""
+    assert query.since is not None and query.until is not None
+    since, until = query.since, query.until
     bins = ref.bins()
-    per_device, problems = dw.merge_windows(((p.device_id, p.features) for p in parts), bins)
-    for problem in problems[:5]:
+    step_s = (until - since) / steps
+    per_device, per_step = dw.Merger(bins), dw.Merger(bins)
+    windows = 0
+    for part in drift_parts(session, query):
+        windows += part.windows
+        per_device.add(part.device_id, part.features)
+        per_step.add(dw.step_of(part.last_end, since, step_s, steps), part.features,
+                     part.device_id)  # fmt: skip
+    for problem in per_device.problems[:5]:
         log.warning("drift report for %s@%s: skipped %s", ref.bundle_name, ref.bundle_version,
                     problem)  # fmt: skip
-    fleet = wm.merge_features(per_device.values())
-    figures = detect_drift(bins, dw.counts_of(fleet), alpha=alpha, min_samples=min_samples)
-    finding = dw.find_drift(bins, per_device, alpha=alpha, min_samples=min_samples)
-    step_s = (until - since) / steps
-    timeline = _timeline(parts, ref, since, step_s, steps, alpha=alpha, min_samples=min_samples)
+    fleet = wm.merge_features(per_device.merged.values())
+    figures = detect_drift(bins, dw.counts_of(fleet), **asdict(judge))
+    finding = dw.find_drift(bins, per_device.merged, **asdict(judge))
+    timeline = _timeline(per_step, bins, since, step_s, steps, judge)
     features = []
     for f in figures:
         stats = fleet[f.name]
@@ -102,12 +111,12 @@ def _bundle_report(
             "name": ref.bundle_name,
             "version": ref.bundle_version,
         },
-        "devices": len(per_device),
-        "windows": sum(p.windows for p in parts),
+        "devices": len(per_device.merged),
+        "windows": windows,
         "drifted": any(f.drifted for f in figures),
         "drifting_devices": list(finding.devices),
         "features": features,
-        "skipped": problems[:20],
+        "skipped": per_device.problems[:20],
     }
 
 
@@ -120,8 +129,7 @@ def drift_report(
     until: float,
     bundle: str | None = None,
     steps: int = 12,
-    alpha: float = 0.01,
-    min_samples: int = 200,
+    judge: Judge = Judge(),
 ) -> list[dict[str, Any]]:
     """One entry per bundle with drift windows in range (or just ``bundle``).
 
@@ -135,21 +143,18 @@ def drift_report(
     resolved = resolve_scope(session, scope)
     if bundle is None and resolved.rollout is not None:
         bundle = resolved.rollout.bundle.manifest_sha256
-    by_bundle: dict[str, list[DriftPart]] = {}
     query = Query(devices=resolved.devices, bundle=bundle, since=since, until=until)
-    for part in drift_parts(session, query):
-        by_bundle.setdefault(part.bundle_sha256, []).append(part)
     report = []
-    for sha, parts in sorted(by_bundle.items()):
+    for sha in [bundle] if bundle is not None else drift_bundles_in(session, query):
         ref = references.get(session, sha)
+        one = replace(query, bundle=sha)
         if ref is None:
             report.append({"bundle": {"manifest_sha256": sha, "name": None, "version": None},
-                           "devices": len({p.device_id for p in parts}),
-                           "windows": sum(p.windows for p in parts), "drifted": False,
+                           "devices": 0, "windows": 0, "drifted": False,
                            "drifting_devices": [], "features": [],
                            "skipped": ["no drift reference for this bundle"]})  # fmt: skip
             continue
-        report.append(
-            _bundle_report(parts, ref, since, until, steps, alpha=alpha, min_samples=min_samples)
-        )
+        entry = _bundle_report(session, ref, one, steps, judge)
+        if entry["windows"] or bundle is not None:
+            report.append(entry)
     return report

@@ -43,6 +43,9 @@ class GateSettings:
     # Drift gates: the verdict's false discovery rate and the samples it needs.
     drift_alpha: float = 0.01
     drift_min_samples: int = 200
+    # A significant change smaller than this PSI is not drift: a rollout's merged sample
+    # grows large enough to make any difference significant.
+    drift_min_psi: float = 0.1
 
 
 def _rollout_devices(session: Session, rollout: Rollout) -> dict[str, str | None]:
@@ -116,7 +119,11 @@ def _drift(
     if not counts:
         return {}
     figures = detect_drift(
-        bins, counts, alpha=settings.drift_alpha, min_samples=settings.drift_min_samples
+        bins,
+        counts,
+        alpha=settings.drift_alpha,
+        min_samples=settings.drift_min_samples,
+        min_psi=settings.drift_min_psi,
     )
     shares: dict[str, float | None] = {}
     for kind, pick in (("input", False), ("prediction", True)):

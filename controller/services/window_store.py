@@ -164,9 +164,28 @@ def drift_parts(session: Session, query: Query) -> Iterator[DriftPart]:
             )  # fmt: skip
 
 
-def drift_bundles(session: Session, since: float) -> list[str]:
-    """Bundles with raw drift windows that ended after ``since``."""
-    query = sa.select(DriftWindow.bundle_sha256).where(DriftWindow.window_end > since).distinct()
+def drift_bundles_in(session: Session, query: Query) -> list[str]:
+    """Bundles with drift windows (raw or rolled up) matching ``query``."""
+    found: set[str] = set()
+    for devices in _device_batches(query):
+        found.update(session.scalars(
+            _raw_filter(sa.select(DriftWindow.bundle_sha256), DriftWindow, query, devices)
+            .distinct()
+        ))  # fmt: skip
+        found.update(session.scalars(
+            _rollup_filter(sa.select(DriftRollup.bundle_sha256), DriftRollup, query, devices)
+            .distinct()
+        ))  # fmt: skip
+    return sorted(found)
+
+
+def drift_bundles(session: Session, since: float, until: float) -> list[str]:
+    """Bundles with raw drift windows that ended in ``(since, until]``."""
+    query = (
+        sa.select(DriftWindow.bundle_sha256)
+        .where(DriftWindow.window_end > since, DriftWindow.window_end <= until)
+        .distinct()
+    )
     return sorted(session.scalars(query))
 
 

@@ -134,3 +134,22 @@ def test_one_unconfirmed_finding_is_dismissed_silently() -> None:
     dismissed, event = dw.step_alert(pending, finding({}), [], 3.0, POLICY)
     assert dismissed is not None and dismissed.status == dw.DISMISSED and event is None
     assert dw.step_alert(None, finding({}), [], 4.0, POLICY) == (None, None)
+
+
+def test_a_pending_alert_is_confirmed_only_by_new_evidence() -> None:
+    found = [feature("x[3]", ("a",), 100.0)]
+    pending, _ = dw.step_alert(None, finding({"x[3]": ("a",)}), found, 110.0, POLICY)
+    assert pending is not None and pending.status == dw.PENDING
+    # The overlapping window still drifts, but nothing new arrived to judge: wait.
+    thin = finding({}, tested=0)
+    same, event = dw.step_alert(pending, finding({"x[3]": ("a",)}), found, 120.0, POLICY, thin)
+    assert same == pending and event is None
+    # New data alone drifts too: confirmed.
+    opened, event = dw.step_alert(
+        pending, finding({"x[3]": ("a",)}), found, 130.0, POLICY, finding({"x[3]": ("a",)})
+    )
+    assert opened is not None and (opened.status, event) == (dw.OPEN, dw.OPENED)
+    # New data is quiet: the window's drift was one stretch of bad luck. Dismissed.
+    gone, event = dw.step_alert(pending, finding({"x[3]": ("a",)}), found, 130.0, POLICY,
+                                finding({}))  # fmt: skip
+    assert gone is not None and (gone.status, event) == (dw.DISMISSED, None)

@@ -7,6 +7,7 @@ epoch seconds; without ``since``, the last ``window_s`` seconds before ``until``
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated
 
@@ -24,8 +25,9 @@ from controller.monitoring_schemas import (
 )
 from controller.services import drift_alerts, fleet_telemetry
 from controller.services.bundles import get_bundle
-from controller.services.drift_report import drift_report
+from controller.services.drift_report import Judge, drift_report
 from controller.services.fleet_scope import Scope
+from controller.settings import Settings
 
 router = APIRouter(tags=["monitoring"])
 
@@ -37,11 +39,21 @@ Window = Annotated[float, Query(gt=0, description="seconds before 'until' when n
 BundleRef = Annotated[str | None, Query(description="bundle id or manifest sha256")]
 
 
-def _range(since: float | None, until: float | None, window_s: float) -> tuple[float, float]:
+def _range(
+    since: float | None, until: float | None, window_s: float, settings: Settings
+) -> tuple[float, float]:
     end = time.time() if until is None else until
     start = end - window_s if since is None else since
+    if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
+        raise InvalidRequestError(f"'since' and 'until' must be epoch seconds, got {start}, {end}")
     if not end > start:
         raise InvalidRequestError(f"'until' ({end}) must be after 'since' ({start})")
+    # Nothing older than the retention is kept: a longer range only costs a scan.
+    longest = settings.monitoring.telemetry_retention_s + settings.monitoring.telemetry_bucket_s
+    if end - start > longest:
+        raise InvalidRequestError(
+            f"the range is {end - start:.0f} s; at most {longest:.0f} s (the retention) is kept"
+        )
     return start, end
 
 
@@ -52,6 +64,7 @@ def _bundle_sha(session: Session, ref: str | None) -> str | None:
 @router.get("/telemetry/summary")
 def telemetry_summary(
     session: SessionDep,
+    settings: SettingsDep,
     device: Devices = None,
     tag: str | None = None,
     hardware_class: str | None = None,
@@ -68,7 +81,7 @@ def telemetry_summary(
     """Inferences, errors, error rate and latency p50/p95/p99 merged over the devices and
     the time range, one row per group: per bundle version by default; add ``wave`` (with
     ``rollout``) for a rollout's waves."""
-    start, end = _range(since, until, window_s)
+    start, end = _range(since, until, window_s, settings)
     groups = group_by or ["bundle"]
     rows = fleet_telemetry.summarize(
         session,
@@ -102,7 +115,7 @@ def drift(
     """Drift of each bundle's inputs and predictions on the devices and time range chosen,
     against the bundle's reference: figures per feature, which devices drift, since when.
     With ``rollout`` the bundle defaults to the rollout's."""
-    start, end = _range(since, until, window_s)
+    start, end = _range(since, until, window_s, settings)
     monitoring = settings.monitoring
     bundles = drift_report(
         session,
@@ -112,12 +125,12 @@ def drift(
         until=end,
         bundle=_bundle_sha(session, bundle),
         steps=steps,
-        alpha=monitoring.drift_alpha,
-        min_samples=monitoring.drift_min_samples,
+        judge=Judge(monitoring.drift_alpha, monitoring.drift_min_samples, monitoring.drift_min_psi),
     )
     return DriftReport.model_validate({
         "since": start, "until": end, "alpha": monitoring.drift_alpha,
-        "min_samples": monitoring.drift_min_samples, "bundles": bundles,
+        "min_samples": monitoring.drift_min_samples, "min_psi": monitoring.drift_min_psi,
+        "bundles": bundles,
     })  # fmt: skip
 
 
