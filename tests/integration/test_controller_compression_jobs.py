@@ -120,7 +120,9 @@ def test_auto_jobs_choose_under_constraints_or_say_which_constraint_failed(
     controller: Start, tmp_path: Path
 ) -> None:
     api = controller()
-    register(api, tmp_path)
+    # Wide enough (430 KB) that per-channel int8, the last candidate, takes a good part
+    # of a second: long enough for a poll to see the job part-way.
+    register(api, tmp_path, hidden=8192)
     x = np.random.default_rng(0).standard_normal((48, 8)).astype(np.float32)
     npz = encode_arrays({"x": x})
     # Latency is not gated: timings on a shared machine are noise, not behaviour.
