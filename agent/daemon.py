@@ -354,6 +354,8 @@ class Agent:
                 deployment_id=self.deployment_id,
             )
             self._publish_window()  # the trial counts only the new model's traffic
+        if self._phase_hook is not None:
+            self._phase_hook("activating")  # fault injection: power lost at the switch
         self.state = self.store.activate(self.state, prepared.slot, prepared.info, trial)
         self._publish_drift(self.inference.swap(prepared.model))
         self.phase = "trial" if trial is not None else "idle"
@@ -377,6 +379,8 @@ class Agent:
         )
         verdict = judge_trial(_policy(trial), _counts(trial), time.time())
         if verdict.action == "commit":
+            if self._phase_hook is not None:
+                self._phase_hook("committing")  # fault injection: power lost at the commit
             self.state = self.store.commit(self.state)
             self.phase = "idle"
             self._event("committed", self.active_bundle)

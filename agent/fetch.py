@@ -15,7 +15,9 @@ import http.client
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, cast
 
 from agent.errors import UpdateError
 from firmware_bundles.blob_encoding import decode_file
@@ -26,6 +28,27 @@ from firmware_bundles.verify import BlobVerifier
 CHUNK = 1 << 16
 # Largest file (stored or decoded) an agent accepts, whatever a signed manifest declares.
 DEFAULT_MAX_BLOB_BYTES = 4 << 30
+
+
+class BlobResponse(Protocol):
+    """What the downloader reads a blob from: an ``http.client.HTTPResponse``, or a
+    stand-in with the same three members (the simulator's slow link wraps the real one)."""
+
+    @property
+    def status(self) -> int: ...
+
+    def read(self, amt: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+# The transport seam: open ``request`` with a per-operation socket ``timeout``.
+Opener = Callable[[urllib.request.Request, float], BlobResponse]
+
+
+def open_url(request: urllib.request.Request, timeout: float) -> BlobResponse:
+    """The production opener: ``urllib.request.urlopen``."""
+    return cast(BlobResponse, urllib.request.urlopen(request, timeout=timeout))
 
 
 def fetch_small(url: str, *, max_bytes: int, timeout: float) -> bytes:
@@ -62,7 +85,14 @@ def _rehash_partial(part: Path, entry: FileEntry) -> BlobVerifier:
     return checker
 
 
-def download_blob(base_url: str, entry: FileEntry, downloads: Path, *, timeout: float) -> Path:
+def download_blob(
+    base_url: str,
+    entry: FileEntry,
+    downloads: Path,
+    *,
+    timeout: float,
+    opener: Opener = open_url,
+) -> Path:
     """Download one blob into ``downloads`` and return the verified file's path.
 
     Raises:
@@ -79,7 +109,7 @@ def download_blob(base_url: str, entry: FileEntry, downloads: Path, *, timeout: 
     offset = checker.received
     try:
         if offset < entry.size:
-            checker = _stream_into(f"{base_url}/{entry.sha256}", part, checker, timeout)
+            checker = _stream_into(f"{base_url}/{entry.sha256}", part, checker, timeout, opener)
         if checker.received < entry.size:
             # A short read is a network problem, not a bad blob: keep the part to resume.
             raise UpdateError(
@@ -111,7 +141,14 @@ def check_file_limit(entry: FileEntry, max_bytes: int) -> None:
         )
 
 
-def fetch_file(base_url: str, entry: FileEntry, downloads: Path, *, timeout: float) -> Path:
+def fetch_file(
+    base_url: str,
+    entry: FileEntry,
+    downloads: Path,
+    *,
+    timeout: float,
+    opener: Opener = open_url,
+) -> Path:
     """Download ``entry`` and return the path of the file to install (decoded if encoded).
 
     Raises:
@@ -120,11 +157,11 @@ def fetch_file(base_url: str, entry: FileEntry, downloads: Path, *, timeout: flo
             stored blob and any partial output are deleted).
     """
     if not entry.encoded:
-        return download_blob(base_url, entry, downloads, timeout=timeout)
+        return download_blob(base_url, entry, downloads, timeout=timeout, opener=opener)
     installed = downloads / entry.content_sha256
     if installed.exists():
         return installed
-    stored = download_blob(base_url, entry, downloads, timeout=timeout)
+    stored = download_blob(base_url, entry, downloads, timeout=timeout, opener=opener)
     try:
         decode_file(stored, entry, installed)
     finally:
@@ -133,14 +170,17 @@ def fetch_file(base_url: str, entry: FileEntry, downloads: Path, *, timeout: flo
     return installed
 
 
-def _stream_into(url: str, part: Path, checker: BlobVerifier, timeout: float) -> BlobVerifier:
+def _stream_into(
+    url: str, part: Path, checker: BlobVerifier, timeout: float, opener: Opener
+) -> BlobVerifier:
     offset = checker.received
     headers = {"User-Agent": "edgefleet-agent"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        response = opener(request, timeout)
+        try:
             if offset and response.status != 206:
                 # Server ignored the Range: start over rather than append a second copy.
                 checker = BlobVerifier(checker.entry)
@@ -153,6 +193,8 @@ def _stream_into(url: str, part: Path, checker: BlobVerifier, timeout: float) ->
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
+        finally:
+            response.close()
         return checker
     except urllib.error.HTTPError as exc:
         raise UpdateError("download", f"GET {url} answered HTTP {exc.code}") from exc

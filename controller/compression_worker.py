@@ -36,8 +36,11 @@ from controller.models import utcnow
 from controller.services import compression_jobs as jobs
 
 log = logging.getLogger(__name__)
-# Progress reaches the database at most this often (and the lease at least every lease/3).
-PROGRESS_WRITE_S = 1.0
+# A progress report from the child reaches the database within this long, and no sooner
+# after the last write (an operator polling a job sees each candidate go by).
+PROGRESS_WRITE_S = 0.25
+# With no news the lease is still renewed this often (and at least every lease/3).
+RENEW_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -212,8 +215,8 @@ class CompressionWorker:
         self, job_id: str, child: multiprocessing.process.BaseProcess, conn: Connection
     ) -> _Outcome:
         started = time.monotonic()
-        renew_every = min(self.limits.lease_s / 3, PROGRESS_WRITE_S)
-        next_renewal = started  # renew at once: the spawn takes a while
+        renew_every = min(self.limits.lease_s / 3, RENEW_S)
+        next_renewal = written_at = started  # renew at once: the spawn takes a while
         progress, message = 0.0, "starting the compression process"
         while True:
             if time.monotonic() >= next_renewal:
@@ -229,7 +232,8 @@ class CompressionWorker:
                     )
                 if not owned:
                     return _Outcome(lost=True)
-                next_renewal = time.monotonic() + renew_every
+                written_at = time.monotonic()
+                next_renewal = written_at + renew_every
             if self._stop.is_set():
                 return _Outcome(lost=True)  # shutting down: another replica takes it over
             if time.monotonic() - started > self.limits.timeout_s:
@@ -247,6 +251,7 @@ class CompressionWorker:
                 continue
             if item[0] == "progress":
                 progress, message = float(item[1]), str(item[2])
+                next_renewal = min(next_renewal, written_at + PROGRESS_WRITE_S)
             elif item[0] == "done":
                 return _Outcome(report=item[1])
             else:

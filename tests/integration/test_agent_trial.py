@@ -104,3 +104,27 @@ def test_restarts_while_on_trial_return_to_previous(
     # A new generation asking for v2 again is an explicit retry and is followed.
     deploy(mqtt_broker, blobs, "trial-c", v2, 3, trial={"min_seconds": 600, "max_seconds": 900})
     assert wait_until(lambda: third.active_bundle.version == "2.0.0")  # type: ignore[union-attr]
+
+
+def test_the_bundles_own_trial_policy_holds_the_model_on_trial_until_it_is_met(
+    mqtt_broker, blobs, agent_factory, keys, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    agent = agent_factory("trial-d")
+    v1 = make_bundle(tmp_path, keys[0], "1.0.0", seed=1, counter=1)
+    deploy(mqtt_broker, blobs, "trial-d", v1, 1)
+    assert wait_until(lambda: agent.active_bundle is not None)
+    # The manifest asks for 25 clean inferences; the desired state names no trial.
+    policy = {"min_inferences": 25, "min_seconds": 0, "max_seconds": 600}
+    v2 = make_bundle(tmp_path, keys[0], "2.0.0", seed=2, counter=2, trial=policy)
+    assert v2.manifest.trial == policy
+    deploy(mqtt_broker, blobs, "trial-d", v2, 2)
+    assert wait_until(lambda: agent.phase == "trial")
+    assert agent.state.trial is not None and agent.state.trial.policy["min_inferences"] == 25
+    for _ in range(24):
+        agent.infer(X)
+    # A window judged all 24 (it saved them in the trial record) and kept the trial going.
+    assert wait_until(lambda: agent.state.trial is not None and agent.state.trial.inferences == 24)
+    assert agent.phase == "trial"
+    agent.infer(X)
+    assert wait_until(lambda: agent.state.trial is None)
+    assert agent.phase == "idle" and agent.active_bundle.version == "2.0.0"  # type: ignore[union-attr]

@@ -55,17 +55,28 @@ def submit(
     )
 
 
-def follow(api: Api, job_id: str, timeout: float = 180.0) -> tuple[dict[str, Any], list[str]]:
-    """Poll the job until it ends; return it and every state seen on the way."""
+def follow(
+    api: Api,
+    job_id: str,
+    timeout: float = 180.0,
+    *,
+    progress: list[tuple[str, float]] | None = None,
+    poll_s: float = 0.1,
+) -> tuple[dict[str, Any], list[str]]:
+    """Poll the job until it ends; return it and every state seen on the way (and append
+    each new (state, progress) seen to ``progress``)."""
     seen: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = api.get(f"/compression-jobs/{job_id}").json()
+        now = (job["state"], job["progress"])
+        if progress is not None and (not progress or progress[-1] != now):
+            progress.append(now)
         if not seen or seen[-1] != job["state"]:
             seen.append(job["state"])
         if job["state"] in FINAL:
             return job, seen
-        time.sleep(0.1)
+        time.sleep(poll_s)
     raise AssertionError(f"job {job_id} did not finish in {timeout} s; states {seen}")
 
 
@@ -109,7 +120,9 @@ def test_auto_jobs_choose_under_constraints_or_say_which_constraint_failed(
     controller: Start, tmp_path: Path
 ) -> None:
     api = controller()
-    register(api, tmp_path)
+    # Wide enough (430 KB) that per-channel int8, the last candidate, takes a good part
+    # of a second: long enough for a poll to see the job part-way.
+    register(api, tmp_path, hidden=8192)
     x = np.random.default_rng(0).standard_normal((48, 8)).astype(np.float32)
     npz = encode_arrays({"x": x})
     # Latency is not gated: timings on a shared machine are noise, not behaviour.
@@ -123,8 +136,13 @@ def test_auto_jobs_choose_under_constraints_or_say_which_constraint_failed(
     )  # fmt: skip
     assert ok.status_code == impossible.status_code == 202, (ok.text, impossible.text)
 
-    job, _ = follow(api, ok.json()["id"])
+    progress: list[tuple[str, float]] = []
+    job, _ = follow(api, ok.json()["id"], progress=progress, poll_s=0.02)
     assert job["state"] == "succeeded", job["error"]
+    # While it ran, the job showed how far it had got: candidates measured, not 0 then 1.
+    assert any(state == "running" and 0 < value < 1 for state, value in progress), progress
+    values = [value for _, value in progress]
+    assert values == sorted(values) and values[-1] == 1.0
     report = job["report"]
     names = [row["recipe"]["name"] for row in report["table"]]
     assert len(names) >= 2 and report["chosen"]["name"] in names

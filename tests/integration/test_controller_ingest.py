@@ -243,6 +243,10 @@ def test_rollout_executions_follow_what_each_device_reports(
         return {r["device_id"]: r for r in api.get(f"/rollouts/{rid}/devices").json()}
 
     eventually(lambda: all(r["state"] == "notified" for r in rows().values()))
+    # Each execution says when its device was told, and that it has not finished.
+    told = rows()
+    assert all(r["notified_at"] is not None and r["finished_at"] is None for r in told.values())
+    assert all(r["updated_at"] >= r["notified_at"] for r in told.values())
     # A device connecting later still gets its desired state: it is retained.
     watcher = Watcher(mqtt_broker, topic(late.device_id, "down", "desired"))
     try:
@@ -290,6 +294,10 @@ def test_rollout_executions_follow_what_each_device_reports(
     finally:
         retry_watch.close()
     eventually(lambda: rows()[retry.device_id]["attempts"] == 2)
+    retried = rows()[retry.device_id]
+    # Told again, later: the retry is a new notification, unfinished.
+    assert retried["notified_at"] > told[retry.device_id]["notified_at"]
+    assert retried["finished_at"] is None
     retry.state(phase="idle", active=target, previous=OLD, deployment_id=rid, generation=2)
 
     eventually(lambda: rows()[flaky.device_id]["state"] == "rolled_back")
@@ -306,6 +314,13 @@ def test_rollout_executions_follow_what_each_device_reports(
     }
     assert final[flaky.device_id]["reason"]["code"] == "error_rate"
     assert final[late.device_id]["reason"]["code"] == "timeout"
+    # Every finished execution says when, after its device was told; the late one was
+    # not given up on before its 4 s in-progress time-out.
+    for device_id, row in final.items():
+        assert row["notified_at"] <= row["finished_at"] <= row["updated_at"], (device_id, row)
+    assert final[ok.device_id]["finished_at"] < final[late.device_id]["finished_at"]
+    late_row = final[late.device_id]
+    assert late_row["finished_at"] - late_row["notified_at"] >= 4
     summary = eventually(
         lambda: (r := api.get(f"/rollouts/{rid}").json())["status"] == "paused" and r
     )
@@ -325,6 +340,65 @@ def test_rollout_executions_follow_what_each_device_reports(
     # The late device comes back after its time-out and still converges.
     late.state(active=target, previous=OLD, deployment_id=rid, generation=1)
     eventually(lambda: rows()[late.device_id]["state"] == "committed")
+    assert rows()[late.device_id]["finished_at"] > late_row["finished_at"]
+
+
+def test_a_rollout_to_a_hardware_class_reaches_only_devices_of_that_class(
+    controller: tuple[ControllerServer, httpx.Client],
+    devices: Callable[[str], FakeDevice],
+    tmp_path: Path,
+) -> None:
+    _, api = controller
+    pi_class, jetson_class = (f"{name}-{uuid.uuid4().hex[:6]}" for name in ("rpi4", "jetson"))
+    pis = [devices(f"pi{i}") for i in range(3)]
+    jetson = devices("jetson")
+    tag = f"lab-{jetson.device_id}"
+    for pi in pis:
+        pi.state(hardware_class=pi_class, tags=[tag] if pi is pis[0] else [])
+    jetson.state(hardware_class=jetson_class, tags=[tag])
+    known = {d.device_id for d in [*pis, jetson]}
+    eventually(lambda: known <= {d["id"] for d in api.get("/devices").json()})
+    model = mlp(tmp_path / "m.onnx")
+    api.post("/models", json={"name": "edge"}).raise_for_status()
+    api.post(
+        "/models/edge/versions",
+        data={"version": "1"},
+        files={"file": ("m.onnx", model.read_bytes())},
+    ).raise_for_status()
+    bundle = api.post(
+        "/bundles",
+        json={"model": "edge", "version": "1", "bundle_version": "1",
+              "hardware_classes": [pi_class, jetson_class]},
+    ).json()  # fmt: skip
+
+    created = api.post(
+        "/rollouts", json={"bundle": bundle["manifest_sha256"], "hardware_class": pi_class}
+    )
+    assert created.status_code == 201, created.text
+    rid = created.json()["id"]
+    assert created.json()["target"]["hardware_class"] == pi_class
+    rows = api.get(f"/rollouts/{rid}/devices").json()
+    assert sorted(r["device_id"] for r in rows) == sorted(p.device_id for p in pis)
+    assert api.post(f"/rollouts/{rid}/start").status_code == 200
+
+    def generation(device: FakeDevice) -> int:
+        return int(api.get(f"/devices/{device.device_id}").json()["generation"])
+
+    eventually(lambda: all(generation(pi) == 1 for pi in pis))
+    assert generation(jetson) == 0  # never told: another class
+
+    # A class and a tag together: devices that have both.
+    both = api.post(
+        "/rollouts",
+        json={"bundle": bundle["manifest_sha256"], "hardware_class": pi_class, "tag": tag},
+    ).json()
+    assert [r["device_id"] for r in api.get(f"/rollouts/{both['id']}/devices").json()] == [
+        pis[0].device_id
+    ]
+    nobody = api.post("/rollouts", json={"bundle": bundle["manifest_sha256"],
+                                         "hardware_class": "no-such-class"})  # fmt: skip
+    assert nobody.status_code == 422
+    assert "no known device matches hardware class 'no-such-class'" in nobody.json()["detail"]
 
 
 def test_a_newer_rollout_supersedes_a_device_still_working_on_an_older_one(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -14,8 +16,10 @@ from controller.server import ControllerServer
 from controller.settings import Settings
 from edgefleet.cli import main
 from firmware_bundles.errors import EdgeFleetError
+from firmware_bundles.wire import BundleRef, Desired, State, parse_desired, topic
 from simulators.mosquitto import MosquittoBroker
 from tests.models import mlp
+from tests.mqtt_tools import Watcher, publish
 
 pytestmark = [pytest.mark.broker]
 
@@ -146,3 +150,89 @@ def test_mistakes_get_an_answer_that_names_them(
     with pytest.raises(EdgeFleetError, match="want KIND:THRESHOLD"):
         parse_abort("failure_share")
     assert parse_waves("1%, 10 ,100%") == [{"percent": 1.0}, {"count": 10}, {"percent": 100.0}]
+
+
+def test_an_operator_aborts_one_rollout_and_rolls_another_back(
+    controller: tuple[str, str],
+    mqtt_broker: MosquittoBroker,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, sha = controller
+    began = datetime.now(timezone.utc)
+    run_id = uuid.uuid4().hex[:6]
+    # Devices that run an older bundle: what a roll back sends them back to.
+    older = BundleRef("ab" * 32, "cli", "0.9")
+    stopped = [f"stop-{run_id}-{i}" for i in range(4)]
+    reverted = [f"back-{run_id}-{i}" for i in range(2)]
+    for device in stopped + reverted:
+        state = State(device, time.time(), "idle", "generic", active=older)
+        publish(mqtt_broker, topic(device, "up", "state"), state.to_bytes(), retain=True)
+    watcher = Watcher(mqtt_broker, topic(reverted[0], "down", "desired"))
+    try:
+        api = httpx.Client(base_url=f"{url}/api/v1")
+        wait = time.monotonic() + 20
+        while any(
+            api.get(f"/devices/{d}").json().get("active_bundle") is None for d in stopped + reverted
+        ):
+            assert time.monotonic() < wait, "the controller never heard the devices"
+            time.sleep(0.1)
+
+        # Abort: the second wave is never told; the first keeps what it has.
+        code, out, _ = run(capsys, url, "create", "--bundle", sha, "--devices",
+                           ",".join(stopped), "--waves", "50%,100%", "--start")  # fmt: skip
+        stop_id = rollout_id(out)
+        _wait_counts(api, stop_id, notified=2)
+        code, out, _ = run(capsys, url, "abort", stop_id, "--reason", "bad batch")
+        assert code == 0 and "status   aborted (wave 1 of 2): aborted by carol: bad batch" in out
+        counts = api.get(f"/rollouts/{stop_id}").json()["counts"]
+        assert (counts["notified"], counts["canceled"], counts["queued"]) == (2, 2, 0)
+
+        # Roll back: devices told about the bundle are sent back to the one they ran.
+        code, out, _ = run(capsys, url, "create", "--bundle", sha, "--devices",
+                           ",".join(reverted), "--start")  # fmt: skip
+        back_id = rollout_id(out)
+        _wait_counts(api, back_id, notified=2)
+        code, out, _ = run(capsys, url, "rollback", back_id, "--reason", "revert it")
+        assert code == 0 and "status   rolled_back" in out, out
+        assert "rolled back by carol: revert it" in out
+
+        def sent() -> list[Desired]:
+            return [parse_desired(p) for _, p in watcher.messages]
+
+        assert watcher.wait(lambda m: len(m) >= 2), sent()
+        assert [(d.generation, d.bundle.version) for d in sent()] == [(1, "1"), (2, "0.9")]  # type: ignore[union-attr]
+        assert sent()[-1].bundle == older
+        rows = api.get(f"/rollouts/{back_id}/devices").json()
+        assert {r["state"] for r in rows} == {"canceled"}
+        assert {r["reason"]["code"] for r in rows} == {"rollout_rolled_back"}
+        api.close()
+
+        # Both are in the audit log under the operator's name, with the time they happened.
+        ended = datetime.now(timezone.utc)
+        for rid, action, why in (
+            (stop_id, "abort", "bad batch"),
+            (back_id, "rollback", "revert it"),
+        ):
+            code, out, _ = run(capsys, url, "audit", rid)
+            mine = [line.split(maxsplit=3) for line in out.splitlines()]
+            mine = [parts for parts in mine if parts[1] == "carol"]
+            assert [parts[2] for parts in mine] == ["create", "start", action], out
+            assert mine[-1][3] == why
+            for parts in mine:
+                at = datetime.fromisoformat(parts[0])
+                at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+                assert began - timedelta(seconds=1) <= at <= ended + timedelta(seconds=1), parts
+    finally:
+        watcher.close()
+        for device in stopped + reverted:
+            publish(mqtt_broker, topic(device, "up", "state"), b"", retain=True)
+
+
+def _wait_counts(api: httpx.Client, rid: str, **want: int) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        counts = api.get(f"/rollouts/{rid}").json()["counts"]
+        if all(counts[state] == n for state, n in want.items()):
+            return
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.1)

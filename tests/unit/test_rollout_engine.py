@@ -17,6 +17,7 @@ from controller.rollout_engine import (
     GateMetrics,
     RolloutState,
     assign_waves,
+    gate_values,
     plan_abort,
     plan_tick,
     resume,
@@ -180,6 +181,53 @@ def test_in_progress_timeout_and_download_retry_with_backoff() -> None:
     assert sim.tick(6).retry == (first[0],)  # a bad signature is never retried
     assert sim.tick(70).timed_out == (first[0],)  # the retry hung past its time-out
     assert sim.devices[first[0]].state == TIMED_OUT
+
+
+def test_failed_downloads_are_retried_at_growing_intervals_until_retries_run_out() -> None:
+    one_wave = Waves((WaveStep(percent=100),), success_threshold=0.5)
+    policy = RolloutPolicy(one_wave, max_retries=3, retry_backoff_s=4, in_progress_timeout_s=600)
+    sim = Sim(policy, IDS[:4])
+    first = sim.tick(0).notify
+    flaky = first[0]
+    sim.finish(first[1:], COMMITTED, now=1)
+    t = failed_at = 1.0
+    sim.finish((flaky,), FAILED, now=t, code="download")
+    waited: list[float] = []
+    while t < 300 and sim.state.status == "running":
+        t += 0.5
+        if flaky not in sim.tick(t).retry:
+            continue
+        waited.append(t - failed_at)
+        assert sim.devices[flaky].state == NOTIFIED
+        # Retries left: not finished, not counted as failed, the rollout waits for it.
+        figures = gate_values(policy, list(sim.devices.values()), GateMetrics())
+        assert (figures["finished"], figures["failed"]) == (3, 0)
+        # Its download fails again at once.
+        failed_at = t
+        sim.finish((flaky,), FAILED, now=t, code="download")
+    # Each wait doubles the one before; after three retries the device has failed.
+    assert waited == [4.0, 8.0, 16.0]
+    assert sim.devices[flaky].attempts == 1 + 3 and sim.devices[flaky].state == FAILED
+    assert sim.state.status == "completed" and t == failed_at + 0.5
+    assert (sim.count(COMMITTED), sim.count(FAILED)) == (3, 1)
+    figures = gate_values(policy, list(sim.devices.values()), GateMetrics())
+    assert (figures["finished"], figures["failed"], figures["failure_share"]) == (4, 1, 0.25)
+
+
+def test_a_failure_gate_waits_for_retries_to_run_out() -> None:
+    gate = AbortCriterion("failure_share", threshold=0.2, min_finished=2)
+    policy = RolloutPolicy(WAVES, abort=(gate,), max_retries=1, retry_backoff_s=2)
+    sim = Sim(policy, IDS[:10])
+    first = sim.tick(0).notify  # wave 1: two devices
+    sim.finish(first, FAILED, now=1, code="download")
+    sim.tick(2)
+    assert sim.state.status == "running"  # both may still succeed on a retry
+    assert set(sim.tick(3).retry) == set(first)
+    sim.finish(first, FAILED, now=4, code="download")
+    sim.tick(4.5)  # no retries left: both finished, both failed
+    assert sim.state.status == "paused", sim.state
+    assert sim.state.reason.startswith("2 of 2 finished devices failed")
+    assert sim.count(QUEUED) == 8
 
 
 def test_exponential_rate_grows_and_is_smooth() -> None:
