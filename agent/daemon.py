@@ -137,9 +137,12 @@ class Agent:
         # Telemetry and drift windows are numbered for good: the controller tells a
         # re-sent window from a new one by (device, seq), even after a restart.
         self._window_seq = WindowSequence(config.data_dir / "window_seq")
-        # Drift windows close on their own schedule, numbered on their own: each stream
-        # stays gapless, so a gap seen by the controller means a lost window.
-        self._drift_seq = WindowSequence(config.data_dir / "drift_seq")
+        # Drift windows close on their own schedule and are numbered on their own. A
+        # device whose drift windows were numbered by window_seq (before drift_seq
+        # existed) starts past every number that sequence ever reserved.
+        self._drift_seq = WindowSequence(
+            config.data_dir / "drift_seq", start=self._window_seq.reserved_floor
+        )
         self._drift_due = time.monotonic() + config.drift_interval_s
         self._boot_notes: list[str] = []  # what start-up found, reported once connected
         self._state_sent_at = time.monotonic()

@@ -91,6 +91,11 @@ class DriftMonitor:
             size += value.nbytes
             if value.ndim:
                 rows = len(value)
+        if size >= self.flush_bytes // 16:
+            # A large request (an image, a long sequence) is binned at once: its features
+            # are a few numbers per row, so there is nothing worth buffering or copying.
+            self._bin([(feeds, results)])
+            return
         kept = ({k: v.copy() for k, v in feeds.items()}, {k: v.copy() for k, v in results.items()})
         with self._lock:
             self._pending.append(kept)

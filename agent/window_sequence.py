@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 
 class WindowSequence:
-    def __init__(self, path: Path, *, block: int = 1000) -> None:
+    def __init__(self, path: Path, *, block: int = 1000, start: int = 1) -> None:
+        """``start``: the first number when ``path`` does not exist yet."""
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
         self.path = path
         self.block = block
+        self.start = max(1, start)
         self._lock = threading.Lock()
         self._next = self._read_floor()
         self._limit = self._next  # nothing reserved yet in this run
@@ -35,7 +37,7 @@ class WindowSequence:
         try:
             text = self.path.read_text().strip()
         except FileNotFoundError:
-            return 1
+            return self.start
         try:
             floor = int(text)
             if floor < 1:
@@ -46,6 +48,11 @@ class WindowSequence:
             log.error("%s holds %r, not a sequence floor; starting past it", self.path, text)
             floor = 1 << 40
         return floor
+
+    @property
+    def reserved_floor(self) -> int:
+        """Every number this sequence ever handed out is below this."""
+        return self._limit
 
     def next(self) -> int:
         with self._lock:

@@ -241,6 +241,8 @@ class DriftWindow(Base):
     __table_args__ = (
         sa.UniqueConstraint("device_id", "seq", "window_start"),
         sa.Index("ix_drift_device_end", "device_id", "window_end"),
+        # The drift check reads one bundle's recent windows across the fleet.
+        sa.Index("ix_drift_bundle_end", "bundle_sha256", "window_end"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

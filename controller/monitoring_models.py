@@ -48,6 +48,7 @@ class DriftRollup(Base):
     __tablename__ = "drift_rollups"
     __table_args__ = (
         sa.UniqueConstraint("device_id", "bundle_sha256", "bucket_start"),
+        sa.Index("ix_drift_rollups_bucket", "bucket_start"),
         sa.Index("ix_drift_rollups_bundle_bucket", "bundle_sha256", "bucket_start"),
     )
 

@@ -78,7 +78,14 @@ class MonitoringSettings:
                 values[f.name] = raw
             else:
                 values[f.name] = _number(name, raw, f.type in ("int", int), f.metadata)
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.drift_window_s > settings.telemetry_raw_retention_s:
+            raise SettingsError(
+                f"EDGEFLEET_DRIFT_WINDOW_S ({settings.drift_window_s:g}) must not exceed "
+                f"EDGEFLEET_TELEMETRY_RAW_RETENTION_S ({settings.telemetry_raw_retention_s:g}):"
+                " the drift check reads raw windows"
+            )
+        return settings
 
 
 def _number(name: str, raw: str, integer: bool, limits: Mapping[str, float]) -> float | int:

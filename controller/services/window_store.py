@@ -350,9 +350,9 @@ def roll_up_batch(
     counts = RollupCounts()
     for raw, rollup, add in _KINDS:
         counts.add(_roll_table(session, raw, rollup, add, now - raw_retention_s, bucket_s, batch))
-        expired = session.execute(
+        expired = session.execute(  # by bucket (indexed): whole buckets past the retention
             sa.delete(rollup)
-            .where(rollup.last_end < now - retention_s)
+            .where(rollup.bucket_start < now - retention_s - bucket_s)
             .execution_options(synchronize_session=False)
         )
         counts.expired += int(getattr(expired, "rowcount", 0) or 0)

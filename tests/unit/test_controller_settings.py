@@ -57,3 +57,21 @@ def test_values_are_read_and_normalized() -> None:
 def test_an_invalid_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_monitoring_settings_are_read_and_checked() -> None:
+    settings = Settings.from_env(
+        {"EDGEFLEET_DRIFT_ALPHA": "0.05", "EDGEFLEET_ALERT_WEBHOOKS": "http://a/x, https://b/y"}
+    )
+    assert settings.monitoring.drift_alpha == 0.05
+    assert settings.monitoring.alert_webhooks == ("http://a/x", "https://b/y")
+    for env, message in (
+        ({"EDGEFLEET_DRIFT_ALPHA": "0.9"}, "EDGEFLEET_DRIFT_ALPHA='0.9' must be between"),
+        ({"EDGEFLEET_ROLLUP_BATCH": "1.5"}, "EDGEFLEET_ROLLUP_BATCH='1.5' is not an integer"),
+        ({"EDGEFLEET_ALERT_WEBHOOKS": "ftp://x"}, "'ftp://x' is not an http(s) URL"),
+        ({"EDGEFLEET_DRIFT_WINDOW_S": "nan"}, "EDGEFLEET_DRIFT_WINDOW_S='nan' must be"),
+        ({"EDGEFLEET_DRIFT_WINDOW_S": "7200"}, "must not exceed EDGEFLEET_TELEMETRY_RAW"),
+    ):
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env(env)
+        assert message in str(caught.value)

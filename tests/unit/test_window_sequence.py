@@ -38,3 +38,14 @@ def test_a_file_that_is_not_a_number_never_leads_to_reuse(tmp_path: Path) -> Non
     used = [seq.next() for _ in range(3)]
     path.write_text("garbage")
     assert WindowSequence(path).next() > max(used)
+
+
+def test_a_new_sequence_can_start_past_an_older_one(tmp_path: Path) -> None:
+    old = WindowSequence(tmp_path / "window_seq", block=10)
+    used = [old.next() for _ in range(3)]
+    later = WindowSequence(tmp_path / "window_seq", block=10)
+    drift = WindowSequence(tmp_path / "drift_seq", block=10, start=later.reserved_floor)
+    assert drift.next() > max(used)
+    # Once it exists, its own file decides.
+    again = WindowSequence(tmp_path / "drift_seq", block=10, start=1)
+    assert again.next() > max(used)
