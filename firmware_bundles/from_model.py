@@ -29,6 +29,7 @@ from firmware_bundles.runtimes import ModelRunner, load_runner
 
 # Reference quantile bins (10 by default) need enough rows to mean anything.
 MIN_REFERENCE_ROWS = 100
+REFERENCE_BATCH = 1024
 
 
 def reference_for(
@@ -53,7 +54,14 @@ def reference_for(
     config = config or ExtractorConfig()
     feeds = {spec.name: _as_input(data[spec.name], spec) for spec in runner.inputs}
     extractor = FeatureExtractor(runner.inputs, runner.outputs, config)
-    return build_reference(extractor, feeds, runner.run(feeds)), config
+    # In batches: the model's activations for a large reference set need not fit at once.
+    total = rows.pop()
+    parts = [
+        runner.run({k: v[start : start + REFERENCE_BATCH] for k, v in feeds.items()})
+        for start in range(0, total, REFERENCE_BATCH)
+    ]
+    outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    return build_reference(extractor, feeds, outputs), config
 
 
 def _as_input(array: Any, spec: TensorSpec) -> Any:

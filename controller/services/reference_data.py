@@ -9,6 +9,7 @@ bundle built from the version afterwards carries the drift reference computed fr
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
@@ -16,7 +17,7 @@ from typing import BinaryIO
 from sqlalchemy.orm import Session
 
 from controller.blobstore import BlobStore
-from controller.errors import InvalidRequestError
+from controller.errors import InvalidRequestError, PayloadTooLargeError
 from controller.model_files import link_model_file
 from controller.models import ModelVersion
 from controller.monitoring_models import ModelVersionReference
@@ -26,6 +27,21 @@ from firmware_bundles.errors import BundleError
 from firmware_bundles.from_model import reference_for
 from firmware_bundles.golden import Arrays, decode_arrays
 from firmware_bundles.runtimes import load_runner
+
+
+def _check_expanded_size(path: Path, max_bytes: int) -> None:
+    """Refuse an ``.npz`` whose arrays expand past ``max_bytes`` (a zip bomb: 512 MiB of
+    compressed zeros is tens of GB), from the zip directory alone: zipfile never
+    returns more than a member's declared size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidRequestError(f"reference data are not a valid .npz archive: {exc}") from None
+    if expanded > max_bytes:
+        raise PayloadTooLargeError(
+            f"reference data expand to {expanded} bytes, over the {max_bytes}-byte limit"
+        )
 
 
 def set_reference(
@@ -51,6 +67,7 @@ def set_reference(
         staged.copy_from(source)
         staged.finish()
         with tempfile.TemporaryDirectory(prefix="edgefleet-ref-") as work:
+            _check_expanded_size(staged.path, max_bytes)
             try:
                 data = decode_arrays(staged.path.read_bytes(), "reference data")
                 runner = load_runner(row.runtime, link_model_file(store, row, Path(work)))

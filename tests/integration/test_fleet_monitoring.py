@@ -30,13 +30,15 @@ from agent.drift import DriftMonitor
 from agent.telemetry import TelemetryWindow
 from controller.blobstore import BlobStore
 from controller.db import create_schema, make_engine, make_sessionmaker
-from controller.drift_references import DriftReferences
+from controller.drift_references import DriftReferences, Reference
 from controller.drift_stats import psi
+from controller.errors import PayloadTooLargeError
 from controller.inbound import Report
 from controller.models import Rollout
 from controller.monitoring_settings import MonitoringSettings
 from controller.services.device_reports import apply_reports
 from controller.services.drift_alerts import run_drift_check
+from controller.services.reference_data import set_reference
 from controller.webhooks import deliver_due
 from edgefleet.cli import main
 from firmware_bundles import latency_histogram as lh
@@ -68,6 +70,7 @@ class Fleet:
     api: httpx.Client
     sessions: sessionmaker[Session]
     references: DriftReferences
+    blob_dir: Path
     bundle: dict[str, Any]
     model: Path
     t0: float
@@ -81,6 +84,10 @@ class Fleet:
     def sha(self) -> str:
         return str(self.bundle["manifest_sha256"])
 
+    def reference(self, sha: str) -> Reference | None:
+        with self.sessions() as session:
+            return self.references.get(session, sha)
+
     def apply(self, reports: list[Report]) -> None:
         with self.sessions() as session:
             apply_reports(session, reports, datetime.now(timezone.utc))
@@ -91,7 +98,7 @@ class Fleet:
         in windows ending after ``shift_after``."""
         manifest = manifest_from_dict(self.bundle["manifest"])
         runner = load_runner("onnxruntime", self.model)
-        ref = self.references.get(self.sessions(), self.sha)
+        ref = self.reference(self.sha)
         assert ref is not None
         target = BundleRef(self.sha, manifest.name, manifest.version)
         reports = []
@@ -163,14 +170,15 @@ def fleet(
     engine = make_engine(database_url)
     create_schema(engine)
     sessions = make_sessionmaker(engine)
-    references = DriftReferences(BlobStore(tmp_path / "controller-0" / "blobs"))
+    blob_dir = tmp_path / "controller-0" / "blobs"
+    references = DriftReferences(BlobStore(blob_dir))
     t0 = float(int(datetime.now(timezone.utc).timestamp()) - 3000)
     states = [
         Report("state", d, State(d, t0, "idle", "cam" if i % 2 == 0 else "gate",
                                  ["north" if i < 6 else "south"]), datetime.now(timezone.utc))
         for i, d in enumerate(DEVICES)
     ]  # fmt: skip
-    result = Fleet(api, sessions, references, bundle, model, t0)
+    result = Fleet(api, sessions, references, blob_dir, bundle, model, t0)
     result.apply(states)
     yield result
     engine.dispose()
@@ -191,6 +199,13 @@ def test_bad_reference_data_is_refused_naming_the_problem(fleet: Fleet) -> None:
     good = npz(x=np.random.default_rng(2).standard_normal((500, 8)))  # float64: cast
     missing = api.put("/models/clf/versions/9.9.9/drift-reference", files={"file": ("r", good)})
     assert missing.status_code == 404
+    # A zip bomb (8 MB of zeros in a few KB) is refused from its directory, unexpanded.
+    bomb = io.BytesIO()
+    np.savez_compressed(bomb, x=np.zeros((250_000, 8), np.float32))
+    assert len(bomb.getvalue()) < 100_000
+    with fleet.sessions() as session, pytest.raises(PayloadTooLargeError, match="expand to"):
+        set_reference(session, BlobStore(fleet.blob_dir), name="clf", version="1.0.0",
+                      source=io.BytesIO(bomb.getvalue()), max_bytes=1 << 20)  # fmt: skip
     bad_bins = api.put("/models/clf/versions/1.0.0/drift-reference", files={"file": ("r", good)},
                        data={"bins": "1"})  # fmt: skip
     assert bad_bins.status_code == 422 and "'bins'" in bad_bins.text
@@ -201,7 +216,7 @@ def test_bad_reference_data_is_refused_naming_the_problem(fleet: Fleet) -> None:
     assert {"x:mean", "x:std"} <= set(chosen["features"]) and "x[0]" not in chosen["features"]
     built = ok(api.post("/bundles", json={"model": "clf", "version": "1.0.0",
                                           "bundle_version": "1.0.1"}), 201)  # fmt: skip
-    ref = fleet.references.get(fleet.sessions(), built["manifest_sha256"])
+    ref = fleet.reference(built["manifest_sha256"])
     assert ref is not None and ref.features["x:mean"].buckets == 4
 
 
@@ -225,7 +240,7 @@ def test_drift_and_telemetry_merge_exactly_and_an_alert_reaches_a_webhook(fleet:
     on_shifted = {f["name"]: f for f in scoped["features"]}["x[3]"]
     assert on_shifted["drifted"] and on_shifted["drifting_since"] == t0 + 600
     assert [s["drifted"] for s in on_shifted["timeline"]] == [False, False, True, True]
-    ref = fleet.references.get(fleet.sessions(), fleet.sha)
+    ref = fleet.reference(fleet.sha)
     assert ref is not None
     edges = np.asarray(ref.features["x[3]"].edges)
     raw = np.concatenate(fleet.raw_x3)
