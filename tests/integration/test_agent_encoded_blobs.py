@@ -162,3 +162,20 @@ def test_an_interrupted_compressed_download_resumes_and_still_verifies(
     assert (entry.sha256, f"bytes={entry.size // 3}-") in blobs.requests
     slot = tmp_path / "enc-e" / "slots" / str(agent.state.active) / "blobs"
     assert sha256_hex((slot / entry.content_sha256).read_bytes()) == entry.content_sha256
+
+
+def test_a_device_provisioned_with_an_encoded_bundle_boots_on_it(keys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from agent.slots import SlotStore
+    from agent.updater import Updater
+    from firmware_bundles.keys import load_trusted_keys
+    from simulators.provision import provision
+
+    bundle = pruned_bundle(tmp_path, keys[0], "1.0.0", counter=1)
+    assert bundle.manifest.file("model").encoded
+    provision(tmp_path / "dev", bundle)
+    store = SlotStore(tmp_path / "dev")
+    state = store.load_state()
+    updater = Updater(store, load_trusted_keys([keys[1]]), hardware_class="generic")
+    prepared = updater.load_slot(state, state.active)  # verifies the slot as at boot
+    feeds = generate_inputs(prepared.model.runner.inputs, batch=2)
+    assert prepared.model.runner.run(feeds)["y"].shape == (2, 4)
