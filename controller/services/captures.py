@@ -31,10 +31,10 @@ from controller.capture_models import (
 from controller.capture_schemas import CaptureCreate, CaptureSpecIn
 from controller.db import chunks, insert_ignoring_duplicates
 from controller.errors import ConflictError, InvalidRequestError, NotFoundError
-from controller.models import Bundle, Device, Rollout, RolloutDevice
+from controller.models import Bundle, Rollout, RolloutDevice
 from controller.names import check_device
 from controller.services.bundles import get_bundle
-from controller.services.devices import ensure_devices
+from controller.services.devices import devices_matching, ensure_devices
 from controller.services.rollout_execution import audit
 from firmware_bundles import capture_wire as cw
 
@@ -58,14 +58,7 @@ def _resolve(session: Session, request: CaptureCreate) -> tuple[list[str], str |
     explicit = [check_device(d) for d in request.devices or []]
     matched: list[str] = []
     if request.tag is not None or request.hardware_class is not None:
-        known = sa.select(Device.id, Device.tags).order_by(Device.id)
-        if request.hardware_class is not None:
-            known = known.where(Device.hardware_class == request.hardware_class)
-        matched = [
-            device_id
-            for device_id, tags in session.execute(known)
-            if request.tag is None or request.tag in (tags or [])
-        ]
+        matched = devices_matching(session, tag=request.tag, hardware_class=request.hardware_class)
         if not matched and not explicit:
             raise InvalidRequestError(
                 f"no known device matches tag {request.tag!r} and hardware class "

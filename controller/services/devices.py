@@ -35,6 +35,21 @@ def ensure_devices(session: Session, ids: list[str], now: datetime) -> dict[str,
     return found
 
 
+def devices_matching(
+    session: Session, *, tag: str | None = None, hardware_class: str | None = None
+) -> list[str]:
+    """Ids of the known devices with ``tag`` and of ``hardware_class`` (each if given),
+    in id order. Tags are a JSON list: portable filtering happens here, not in SQL."""
+    query = sa.select(Device.id, Device.tags).order_by(Device.id)
+    if hardware_class is not None:
+        query = query.where(Device.hardware_class == hardware_class)
+    return [
+        device_id
+        for device_id, tags in session.execute(query)
+        if tag is None or tag in (tags or [])
+    ]
+
+
 def list_devices(
     session: Session,
     *,

@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from controller.errors import InvalidRequestError, NotFoundError
-from controller.models import Device, Rollout, RolloutDevice
+from controller.models import Rollout, RolloutDevice
 from controller.names import check_device
+from controller.services.devices import devices_matching
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,7 @@ def resolve_scope(session: Session, scope: Scope) -> Resolved:
     if rollout is not None:
         candidates = [d for d in (candidates or waves) if d in waves]
     if scope.tag is not None or scope.hardware_class is not None:
-        query2 = sa.select(Device.id, Device.tags)
-        if scope.hardware_class is not None:
-            query2 = query2.where(Device.hardware_class == scope.hardware_class)
-        matched = {
-            device_id
-            for device_id, tags in session.execute(query2)
-            if scope.tag is None or scope.tag in (tags or [])
-        }
+        matched = set(devices_matching(session, tag=scope.tag, hardware_class=scope.hardware_class))
         candidates = [
             d for d in (candidates if candidates is not None else matched) if d in matched
         ]

@@ -21,14 +21,14 @@ from sqlalchemy.orm import Session, selectinload
 
 from controller.db import chunks
 from controller.errors import ConflictError, InvalidRequestError, NotFoundError
-from controller.models import AuditEntry, Device, Rollout, RolloutDevice
+from controller.models import AuditEntry, Rollout, RolloutDevice
 from controller.names import check_device
 from controller.rollout_engine import QUEUED, assign_waves, plan_abort, resume
 from controller.rollout_policy import policy_from_dict, policy_to_dict
 from controller.rollout_schemas import RolloutCreate
 from controller.services.bundles import get_bundle
 from controller.services.captures import add_capture
-from controller.services.devices import ensure_devices
+from controller.services.devices import devices_matching, ensure_devices
 from controller.services.rollout_execution import (
     Outgoing,
     apply_plan,
@@ -54,14 +54,7 @@ def _resolve_targets(session: Session, request: RolloutCreate) -> list[str]:
     explicit = list(dict.fromkeys(check_device(d) for d in request.devices or []))
     matched: list[str] = []
     if request.tag is not None or request.hardware_class is not None:
-        query = sa.select(Device.id, Device.tags).order_by(Device.id)
-        if request.hardware_class is not None:
-            query = query.where(Device.hardware_class == request.hardware_class)
-        matched = [
-            device_id
-            for device_id, tags in session.execute(query)
-            if request.tag is None or request.tag in (tags or [])
-        ]
+        matched = devices_matching(session, tag=request.tag, hardware_class=request.hardware_class)
         if not matched and not explicit:
             wanted = " and ".join(
                 f"{key} {value!r}"
