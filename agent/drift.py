@@ -30,6 +30,8 @@ from firmware_bundles.drift_reference import (
 from firmware_bundles.manifest import TensorSpec
 
 Arrays = Mapping[str, npt.NDArray[Any]]
+# A request waiting to be binned: (copied inputs, outputs) or its extracted features.
+_Pending = tuple[tuple[Arrays, Arrays] | None, Arrays | None]
 
 
 @dataclass
@@ -71,7 +73,7 @@ class DriftMonitor:
         self.flush_rows = flush_rows
         self.flush_bytes = flush_bytes
         self._lock = threading.Lock()
-        self._pending: list[tuple[Arrays, Arrays]] = []
+        self._pending: list[_Pending] = []
         self._pending_rows = 0
         self._pending_bytes = 0
         self._window = self._empty()
@@ -83,22 +85,26 @@ class DriftMonitor:
     def record(self, feeds: Arrays, results: Arrays) -> None:
         """Count one request (its inputs and the model's outputs) into the window.
 
-        The arrays are copied: binning happens later, and the caller may reuse its
-        buffers (a camera loop refilling one frame array) once ``infer`` returns.
+        A small request is copied (binning happens later, and the caller may reuse its
+        buffers once ``infer`` returns); a large one (an image, a long sequence) has its
+        features extracted at once, a few numbers per row, and only those are kept.
+        Binning runs every ``flush_rows`` rows, so its per-feature cost is shared.
         """
         rows, size = 1, 0
         for value in feeds.values():
             size += value.nbytes
             if value.ndim:
                 rows = len(value)
+        item: _Pending
         if size >= self.flush_bytes // 16:
-            # A large request (an image, a long sequence) is binned at once: its features
-            # are a few numbers per row, so there is nothing worth buffering or copying.
-            self._bin([(feeds, results)])
-            return
-        kept = ({k: v.copy() for k, v in feeds.items()}, {k: v.copy() for k, v in results.items()})
+            features = self.extract(feeds, results)
+            item, size = (None, features), rows * 8 * len(features)
+        else:
+            copies = ({k: v.copy() for k, v in feeds.items()},
+                      {k: v.copy() for k, v in results.items()})  # fmt: skip
+            item = (copies, None)
         with self._lock:
-            self._pending.append(kept)
+            self._pending.append(item)
             self._pending_rows += rows
             self._pending_bytes += size
             if self._pending_rows < self.flush_rows and self._pending_bytes < self.flush_bytes:
@@ -106,15 +112,17 @@ class DriftMonitor:
             batch = self._take()
         self._bin(batch)
 
-    def _take(self) -> list[tuple[Arrays, Arrays]]:
+    def _take(self) -> list[_Pending]:
         batch, self._pending = self._pending, []
         self._pending_rows = self._pending_bytes = 0
         return batch
 
-    def _bin(self, batch: list[tuple[Arrays, Arrays]]) -> None:
-        feeds = _concat([f for f, _ in batch])
-        results = _concat([r for _, r in batch])
-        features = self.extract(feeds, results)
+    def _bin(self, batch: list[_Pending]) -> None:
+        raw = [r for r, _ in batch if r is not None]
+        parts = [f for _, f in batch if f is not None]
+        if raw:
+            parts.append(self.extract(_concat([f for f, _ in raw]), _concat([r for _, r in raw])))
+        features = parts[0] if len(parts) == 1 else _concat(parts)
         updates = {}
         for name, values in features.items():
             binner = self._binners.get(name)
