@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controller import window_merge as wm
-from controller.drift_stats import FeatureBins, FeatureDrift, detect_drift_groups
+from controller.drift_stats import FeatureBins, detect_drift_groups
 
 PENDING, OPEN, RESOLVED, DISMISSED = "pending", "open", "resolved", "dismissed"
 ACTIVE = (PENDING, OPEN)
@@ -71,10 +71,9 @@ def counts_of(merged: Mapping[str, wm.FeatureStats]) -> dict[str, list[int]]:
 
 @dataclass(frozen=True)
 class Finding:
-    """One check of one bundle: per device figures, and who drifts on what."""
+    """One check of one bundle: how many tests had a verdict, and who drifts on what."""
 
     tested: int  # device x feature tests with enough samples for a verdict
-    per_device: Mapping[str, list[FeatureDrift]]
     # feature -> devices on which it drifts
     drifting: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -108,7 +107,7 @@ def find_drift(
             if row.drifted:
                 drifting.setdefault(row.name, []).append(device)
     tested = sum(1 for rows in figures.values() for row in rows if row.n >= min_samples)
-    return Finding(tested, figures, {name: tuple(d) for name, d in sorted(drifting.items())})
+    return Finding(tested, {name: tuple(d) for name, d in sorted(drifting.items())})
 
 
 def step_of(end: float, since: float, step_s: float, steps: int) -> int:

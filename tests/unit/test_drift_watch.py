@@ -97,7 +97,7 @@ def feature(name: str, devices: tuple[str, ...], since: float) -> dw.AlertFeatur
 
 
 def finding(drifting: dict[str, tuple[str, ...]], tested: int = 10) -> dw.Finding:
-    return dw.Finding(tested, {}, drifting)
+    return dw.Finding(tested, drifting)
 
 
 def test_an_alert_opens_on_confirmation_grows_and_resolves_after_quiet_checks() -> None:
