@@ -7,7 +7,6 @@ beyond the inference service's atomic model swap.
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import threading
@@ -16,7 +15,6 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
@@ -31,6 +29,7 @@ from agent.inference import ActiveModel, InferenceService
 from agent.mqtt_hub import MqttHub
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
+from agent.outbox_sender import OutboxSender
 from agent.slots import AgentState, SlotStore, TrialRecord
 from agent.telemetry import TelemetryWindow, WindowSnapshot
 from agent.trial import TrialCounts, TrialPolicy, judge_trial
@@ -104,12 +103,6 @@ class Agent:
             max_bytes=config.outbox_max_bytes,
             fsync=config.outbox_fsync,
         )
-        # Outbox messages handed to the link and not yet acknowledged (worker thread only).
-        self._inflight: set[Path] = set()
-        # Acknowledged by the broker, appended on the network thread and applied (file
-        # deleted) by the worker: the network thread touches no file. A simulated fleet
-        # shares one network thread, and a syscall on it per ack starved it of the GIL.
-        self._acked_paths: collections.deque[Path] = collections.deque()
         # Data capture: sampled on the inference path, written and uploaded from the
         # worker (the upload itself on a thread of its own; it reports back by waking us).
         self.capture = CaptureRecorder(
@@ -152,6 +145,7 @@ class Agent:
         self.link = MqttLink(
             config.device_id, config.broker_url, self._enqueue, self._connected, hub=mqtt_hub
         )
+        self.sender = OutboxSender(self.outbox, self.link, device_id=config.device_id)
 
     # ------------------------------------------------------------------ public API
 
@@ -181,7 +175,7 @@ class Agent:
         self.link.stop(graceful=graceful)
         self.capture.close()
         if graceful:
-            self._apply_acks()  # what the broker has need not be sent again after a restart
+            self.sender.settle()  # what was delivered need not be sent again after a restart
 
     # ------------------------------------------------------------------ start-up
 
@@ -267,8 +261,7 @@ class Agent:
 
     def _handle(self, item: _Inbound) -> None:
         if item.kind == "_connected":
-            self._apply_acks()
-            self._inflight.clear()  # the link forgot them: send again
+            self.sender.reconnected()  # the link forgot what was in flight: send again
             if self._boot_notes:
                 self._event(
                     "agent_started", self.active_bundle, message="; ".join(self._boot_notes)
@@ -515,33 +508,8 @@ class Agent:
         if reports:
             self._flush_outbox()
 
-    def _flush_outbox(self, max_inflight: int = 100) -> None:
-        """Send what the broker has not acknowledged yet, oldest first."""
-        self._apply_acks()
-        for path in self.outbox.pending():
-            if path in self._inflight:
-                continue
-            if len(self._inflight) >= max_inflight:
-                return
-            try:
-                payload = path.read_bytes()
-            except FileNotFoundError:
-                continue  # dropped by the outbox's bounds meanwhile
-            kind = path.suffix.lstrip(".")
-            self._inflight.add(path)
-            acked = partial(self._acked_paths.append, path)
-            if not self.link.publish_tracked(kind, payload, acked):
-                self._inflight.discard(path)
-                return  # disconnected: the next connect flushes
-
-    def _apply_acks(self) -> None:
-        while True:
-            try:
-                path = self._acked_paths.popleft()
-            except IndexError:
-                return
-            self.outbox.ack(path)
-            self._inflight.discard(path)
+    def _flush_outbox(self) -> None:
+        self.sender.flush()
 
 
 def _policy(trial: TrialRecord) -> TrialPolicy:

@@ -5,6 +5,13 @@ paho types and its network thread stay in here: received messages go to the
 agent publishes through :meth:`MqttLink.publish`. The Last Will marks the device
 offline (retained) when the connection drops without a goodbye.
 
+MQTT 5, with a session that never expires (what ``clean_session=False`` was under
+3.1.1): the broker keeps the device's subscriptions and queued downlink messages while
+it is away. MQTT 5 also says, in each PUBACK, whether anybody received the message:
+:meth:`MqttLink.publish_tracked` reports "No matching subscribers" as a refusal, so a
+window sent while the controller is not subscribed (a broker restarted without
+persistence, the controller reconnecting later than the device) stays in the outbox.
+
 On a device the link runs paho's own network thread. In a simulated fleet many links
 share one :class:`agent.mqtt_hub.MqttHub` thread instead; the link then connects and
 reconnects (with backoff) on the hub's thread.
@@ -22,16 +29,18 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.mqtt_hub import MqttHub
 from firmware_bundles.errors import EdgeFleetError, WireError
+from firmware_bundles.puback import OnRefused, PubackTracker
 from firmware_bundles.wire import Status, split_topic, topic
 
 log = logging.getLogger(__name__)
 
 
-def _noop() -> None:
-    pass
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
@@ -66,12 +75,10 @@ class MqttLink:
         self._on_connected = on_connected
         self._keepalive = keepalive
         self.connected = threading.Event()
-        self._acks: dict[int, Callable[[], None]] = {}
-        self._early_acks: set[int] = set()
-        self._acks_lock = threading.Lock()
+        self._acks = PubackTracker()
         # Client id == device id: the broker ACL pattern (%u) ties topics to it.
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=False
+            CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5
         )
         self._client = self.client
         self._client.max_inflight_messages_set(50)
@@ -90,9 +97,18 @@ class MqttLink:
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
 
+    def _connect_async(self) -> None:
+        # Only records where and how to connect (reconnects reuse it); the connecting
+        # happens on the network thread.
+        session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        session.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+        self._client.connect_async(
+            self.host, self.port, keepalive=self._keepalive, clean_start=False,
+            properties=session,
+        )  # fmt: skip
+
     def start(self) -> None:
-        # Only records where to connect; the connecting happens on the network thread.
-        self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
+        self._connect_async()
         if self._hub is not None:
             self._hub.attach(self)
             return
@@ -138,9 +154,7 @@ class MqttLink:
         """Drop the connection abruptly (the broker sends the Will) and stay away for
         ``seconds``: a network cut, for the simulator. Then reconnect as usual."""
         self.connected.clear()
-        with self._acks_lock:
-            self._acks.clear()
-            self._early_acks.clear()
+        self._acks.forget()
         if self._hub is not None:
             self._cut_until = time.monotonic() + seconds
             self._drop_socket()
@@ -149,7 +163,7 @@ class MqttLink:
         self._drop_socket()
 
         def back() -> None:
-            self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
+            self._connect_async()
             self._client.loop_start()
 
         timer = threading.Timer(seconds, back)
@@ -178,42 +192,32 @@ class MqttLink:
         delay, self._backoff_s = self._backoff_s, min(self._backoff_s * 2, self._reconnect_max_s)
         self._hub.call_later(delay, self.hub_connect)
 
-    def publish_tracked(self, kind: str, payload: bytes, on_ack: Callable[[], None]) -> bool:
-        """Publish at QoS 1 and call ``on_ack`` (on paho's thread) when the broker acks.
+    def publish_tracked(
+        self, kind: str, payload: bytes, on_ack: Callable[[], None], on_refused: OnRefused
+    ) -> bool:
+        """Publish at QoS 1; on paho's thread, call ``on_ack`` once the broker has passed
+        the message on, or ``on_refused(reason)`` when it refused it or nobody was
+        subscribed (the caller keeps the message and tries again later).
 
         Returns False without publishing while disconnected: the caller keeps the
         message and sends it again after the reconnect.
         """
         if not self.connected.is_set():
             return False
-        # Never call into paho while holding our lock: paho holds its own mutex while it
-        # runs on_publish, which takes ours (a lock-order deadlock otherwise).
         info = self._client.publish(topic(self.device_id, "up", kind), payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return False
-        self._register(info.mid, on_ack)
+        # Registered after publish() returns (never call into paho holding a lock that
+        # on_publish takes): the tracker holds a PUBACK that came first.
+        self._acks.expect(info.mid, on_ack, on_refused)
         return True
-
-    def _register(self, mid: int, on_ack: Callable[[], None] | None) -> None:
-        """Attach ``on_ack`` to ``mid``. Every publish registers its mid, so one that
-        paho acknowledged before we got here is the only kind left in _early_acks."""
-        with self._acks_lock:
-            early = mid in self._early_acks
-            if early:
-                self._early_acks.discard(mid)
-            elif on_ack is not None:
-                self._acks[mid] = on_ack
-            else:
-                self._acks[mid] = _noop
-        if early and on_ack is not None:  # the PUBACK beat us to the registration
-            on_ack()
 
     def publish(self, kind: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         result = self._client.publish(
             topic(self.device_id, "up", kind), payload, qos=qos, retain=retain
         )
         if result.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            self._register(result.mid, None)  # NO_CONN: paho queued it with a mid
+            self._acks.expect(result.mid)  # NO_CONN: paho queued it with a mid
         else:
             log.warning(
                 "%s: publish to %s failed: %s", self.device_id, kind, mqtt.error_string(result.rc)
@@ -239,7 +243,7 @@ class MqttLink:
             qos=1,
             retain=True,
         )
-        self._register(online.mid, None)
+        self._acks.expect(online.mid)
         self._backoff_s = self._reconnect_min_s
         self.connected.set()
         self._on_connected()
@@ -247,20 +251,13 @@ class MqttLink:
     def _handle_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
     ) -> None:
-        with self._acks_lock:
-            callback = self._acks.pop(mid, None)
-            if callback is None:
-                self._early_acks.add(mid)
-        if callback is not None:
-            callback()
+        self._acks.settle(mid, int(getattr(reason, "value", 0)), str(reason))
 
     def _handle_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self.connected.clear()
-        with self._acks_lock:
-            self._acks.clear()
-            self._early_acks.clear()  # unacknowledged: the outbox sends them again
+        self._acks.forget()  # unacknowledged: the outbox sends them again
         if reason.is_failure:
             log.info("%s: disconnected from broker (%s); reconnecting", self.device_id, reason)
         if self._hub is not None and not self._stopping:

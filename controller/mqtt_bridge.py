@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from firmware_bundles.puback import PubackTracker
 from firmware_bundles.wire import PREFIX, Desired, controller_subscription, topic
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ CATCH_UP_SUB_ID = 2
 CATCH_UP_TOPICS = (f"{PREFIX}/+/up/state", f"{PREFIX}/+/up/status")
 
 Deliver = Callable[[str, bytes, bool], None]
-
-
-def _noop() -> None:
-    pass
 
 
 def _properties(packet: int, **values: Any) -> Properties:
@@ -82,9 +79,7 @@ class MqttBridge:
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
         # mid -> callback for desired states whose broker acknowledgement someone awaits.
-        self._acks: dict[int, Callable[[], None]] = {}
-        self._early_acks: set[int] = set()
-        self._acks_lock = threading.Lock()
+        self._acks = PubackTracker()
 
     @property
     def connected(self) -> bool:
@@ -141,17 +136,9 @@ class MqttBridge:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("%s: publishing %s failed: %s", device_id, kind, mqtt.error_string(info.rc))
             return
-        # Every publish registers its mid, so only a PUBACK that beat the registration
-        # is ever left in _early_acks.
-        callback = on_ack or _noop
-        with self._acks_lock:
-            early = info.mid in self._early_acks
-            if early:
-                self._early_acks.discard(info.mid)
-            else:
-                self._acks[info.mid] = callback
-        if early:
-            callback()
+        # A retained message is stored even when nobody is subscribed (PUBACK 0x10):
+        # that counts as acknowledged here.
+        self._acks.expect(info.mid, on_ack)
 
     # paho callbacks (paho's network thread) ---------------------------------------
 
@@ -185,26 +172,16 @@ class MqttBridge:
     def _handle_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
     ) -> None:
-        with self._acks_lock:
-            callback = self._acks.pop(mid, None)
-            if callback is None:
-                self._early_acks.add(mid)
-        if callback is not None:
-            try:
-                callback()
-            except Exception:  # never let an error escape into paho's loop
-                log.exception("acknowledgement callback for message %d failed", mid)
+        self._acks.settle(mid, int(getattr(reason, "value", 0)), str(reason))
 
     def _handle_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
-        with self._acks_lock:
-            # Unacknowledged: their owners publish again after a while. Forgetting them
-            # keeps these maps bounded across any number of reconnects.
-            self._acks.clear()
-            self._early_acks.clear()
+        # Unacknowledged: their owners publish again after a while. Forgetting them
+        # keeps the tracker bounded across any number of reconnects.
+        self._acks.forget()
         if was_connected and reason.is_failure:
             log.warning("lost the broker connection (%s); reconnecting", reason)
 
