@@ -85,6 +85,7 @@ def create_app(settings: Settings, *, start_bridge: bool = True) -> FastAPI:
             deliver=ingest.submit,
             keepalive_s=settings.mqtt_keepalive_s,
             session_expiry_s=settings.mqtt_session_expiry_s,
+            resume=settings.stable_client_id,
         )
     compression = CompressionWorker(
         sessions,

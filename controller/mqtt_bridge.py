@@ -14,6 +14,10 @@ Two details worth knowing:
 - The session outlives a dropped connection for ``session_expiry_s`` so the broker keeps
   our QoS 1 messages across a network blip; a clean stop ends it at once, because a
   dead member of a shared subscription would keep receiving (and losing) its share.
+  With a client id that is the same from one process to the next (``resume``: the
+  replica id or the client id is configured), a new process resumes the session too:
+  a replica killed and started again within the expiry gets the share the broker
+  queued for it meanwhile, which the devices, acknowledged, will not send again.
 """
 
 from __future__ import annotations
@@ -60,12 +64,14 @@ class MqttBridge:
         deliver: Deliver,
         keepalive_s: int = 30,
         session_expiry_s: int = 60,
+        resume: bool = False,
     ) -> None:
         self.host, self.port = host, port
         self.client_id = client_id
         self._deliver = deliver
         self._keepalive_s = keepalive_s
         self._session_expiry_s = session_expiry_s
+        self._resume = resume
         self._connected = threading.Event()
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
@@ -94,7 +100,7 @@ class MqttBridge:
             self.host,
             self.port,
             keepalive=self._keepalive_s,
-            clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=False if self._resume else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
             properties=_properties(
                 PacketTypes.CONNECT, SessionExpiryInterval=self._session_expiry_s
             ),

@@ -111,6 +111,12 @@ class Settings:
             return self.mqtt_client_id
         return f"edgefleet-controller-{self.replica_id or uuid.uuid4().hex[:12]}"
 
+    @property
+    def stable_client_id(self) -> bool:
+        """The MQTT client id is the same in the next process (configured, not drawn at
+        random), so that process may resume this one's broker session."""
+        return bool(self.mqtt_client_id or self.replica_id)
+
     def replica_name(self, client_id: str) -> str:
         return self.replica_id or client_id
 
