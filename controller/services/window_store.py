@@ -7,6 +7,14 @@ window numbers it holds, so a window the device sends again later (an outbox res
 after the first copy was rolled up) is recognised and not counted twice, both here and
 at ingest (:func:`drop_rolled_up`). Roll-ups expire after the retention.
 
+A late copy must not slip between the two: an ingest that finds no roll-up holding
+its window and then inserts it raw after a roll-up pass has taken the original (and
+deleted it raw) would count the window twice until the next pass. On PostgreSQL the
+ingest holds a shared advisory lock from its look at the roll-ups to its commit, and a
+roll-up pass holds it exclusively, so the pass waits (only ingests carrying windows
+older than the raw retention take it: rare). On SQLite the ingest has written (device
+rows) before it looks, so it holds the database's write lock already.
+
 Readers get both kinds through :func:`telemetry_parts` and :func:`drift_parts`: a
 roll-up is a window like any other (counts add up exactly), so every query merges them
 the same way. A window counts at the time it ended (a range is ``(since, until]``); a
@@ -31,6 +39,7 @@ from controller.models import DriftWindow, TelemetryWindow
 from controller.monitoring_models import DriftRollup, TelemetryRollup
 
 log = logging.getLogger(__name__)
+ROLLUP_LOCK_KEY = 0x0EDF2011  # PostgreSQL advisory lock: roll-up pass vs late copies
 # An honest device's windows in one bucket are one run of numbers (a few more after
 # restarts); past this many pieces the roll-up stops taking its windows.
 MAX_RANGES = 256
@@ -347,6 +356,7 @@ def roll_up_batch(
     """Roll up at most ``batch`` raw windows of each kind older than the raw retention,
     and delete roll-ups older than the retention. The caller commits; ``more`` says a
     batch was full and another call has work to do."""
+    _rollup_lock(session, shared=False)
     counts = RollupCounts()
     for raw, rollup, add in _KINDS:
         counts.add(_roll_table(session, raw, rollup, add, now - raw_retention_s, bucket_s, batch))
@@ -357,6 +367,14 @@ def roll_up_batch(
         )
         counts.expired += int(getattr(expired, "rowcount", 0) or 0)
     return counts
+
+
+def _rollup_lock(session: Session, *, shared: bool) -> None:
+    """Take the roll-up advisory lock until the transaction ends (PostgreSQL only)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    take = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    session.execute(sa.text(f"SELECT {take}(:key)"), {"key": ROLLUP_LOCK_KEY})
 
 
 def drop_rolled_up(
@@ -375,6 +393,7 @@ def drop_rolled_up(
     old = [r for r in rows if r["window_end"] < cutoff]
     if not old:
         return rows
+    _rollup_lock(session, shared=True)  # no roll-up pass commits before we do
     keys = {(r["device_id"], r["bundle_sha256"] or "", wm.bucket_start(r["window_end"], bucket_s))
             for r in old}  # fmt: skip
     held: dict[tuple[str, str, float], wm.Ranges] = {}

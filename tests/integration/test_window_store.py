@@ -4,6 +4,7 @@ was rolled up is never counted twice."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -12,14 +13,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller import window_merge as wm
-from controller.db import create_schema, make_engine, make_sessionmaker
+from controller.db import create_schema, insert_ignoring_duplicates, make_engine, make_sessionmaker
 from controller.inbound import Report
 from controller.models import DriftWindow, TelemetryWindow
 from controller.monitoring_models import DriftRollup, TelemetryRollup
+from controller.services import device_reports
 from controller.services.device_reports import RawRetention, apply_reports
 from controller.services.window_store import (
     Query,
     drift_parts,
+    drop_rolled_up,
     roll_up_batch,
     telemetry_parts,
 )
@@ -185,3 +188,44 @@ def test_a_window_that_cannot_add_up_is_dropped_and_the_roll_up_goes_on(
     after = totals(sessions)
     assert after["drift_windows"] == 2 and after["drift"]["x[0]"]["counts"] == [2, 3, 4]
     assert after["inferences"] == 9
+
+
+@pytest.mark.postgres
+def test_a_late_copy_racing_a_roll_up_pass_is_counted_once(postgres_url: str) -> None:
+    """The ingest looks for a roll-up holding its (old) window, finds none, and only then
+    inserts it raw; a roll-up pass that took the original in between must not leave
+    both counted. The pass waits for the ingest (an advisory lock) instead."""
+    engine = make_engine(postgres_url)
+    create_schema(engine)
+    sessions = make_sessionmaker(engine)
+    try:
+        ingest(sessions, [telemetry("dev-0", seq, T0 + (seq + 1) * 600, 10) for seq in range(6)],
+               now=T0 + HOUR)  # fmt: skip
+        before = totals(sessions)
+        late = telemetry("dev-0", 2, T0 + 3 * 600, 10)  # an outbox resend of window 2
+        copy = device_reports._telemetry_row(late.message, late.received_at)  # type: ignore[arg-type]
+        with sessions() as ingesting:
+            kept = drop_rolled_up(ingesting, TelemetryRollup, [copy], cutoff=T0 + 2 * HOUR,
+                                  bucket_s=HOUR)  # fmt: skip
+            assert kept == [copy]  # not rolled up yet: it goes in raw
+
+            done = threading.Event()
+
+            def roll_up() -> None:
+                with sessions() as session:
+                    roll_up_batch(session, now=T0 + 3 * HOUR, raw_retention_s=HOUR,
+                                  bucket_s=HOUR, retention_s=7 * 24 * HOUR, batch=100)  # fmt: skip
+                    session.commit()
+                done.set()
+
+            roller = threading.Thread(target=roll_up)
+            roller.start()
+            assert not done.wait(1.0), "the roll-up pass committed under the ingest's feet"
+            ingesting.execute(insert_ignoring_duplicates(ingesting, TelemetryWindow), kept)
+            ingesting.commit()
+        roller.join(30)
+        assert done.is_set()
+        assert count_rows(sessions, TelemetryWindow) == 0
+        assert totals(sessions) == before  # window 2 once, rolled up
+    finally:
+        engine.dispose()
