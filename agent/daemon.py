@@ -261,7 +261,6 @@ class Agent:
 
     def _handle(self, item: _Inbound) -> None:
         if item.kind == "_connected":
-            self.sender.reconnected()  # the link forgot what was in flight: send again
             if self._boot_notes:
                 self._event(
                     "agent_started", self.active_bundle, message="; ".join(self._boot_notes)

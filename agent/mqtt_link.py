@@ -75,6 +75,8 @@ class MqttLink:
         self._on_connected = on_connected
         self._keepalive = keepalive
         self.connected = threading.Event()
+        # Counts connections: what was in flight on an earlier one gets no PUBACK now.
+        self.generation = 0
         self._acks = PubackTracker()
         # Client id == device id: the broker ACL pattern (%u) ties topics to it.
         self.client = mqtt.Client(
@@ -196,8 +198,8 @@ class MqttLink:
         self, kind: str, payload: bytes, on_ack: Callable[[], None], on_refused: OnRefused
     ) -> bool:
         """Publish at QoS 1; on paho's thread, call ``on_ack`` once the broker has passed
-        the message on, or ``on_refused(reason)`` when it refused it or nobody was
-        subscribed (the caller keeps the message and tries again later).
+        the message on, or ``on_refused(code, reason)`` when it refused it or nobody was
+        subscribed.
 
         Returns False without publishing while disconnected: the caller keeps the
         message and sends it again after the reconnect.
@@ -245,6 +247,7 @@ class MqttLink:
         )
         self._acks.expect(online.mid)
         self._backoff_s = self._reconnect_min_s
+        self.generation += 1
         self.connected.set()
         self._on_connected()
 

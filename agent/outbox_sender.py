@@ -5,11 +5,18 @@ subscribed (an MQTT 5 PUBACK without "No matching subscribers"). When nobody is 
 controller not back yet after a broker restart), the message stays, and the sender
 holds that kind of message (its topic) off and then probes with one at a time, backing
 off up to ``hold_max_s``, until one is delivered; then that kind flows again. Other
-kinds go on meanwhile: a topic nobody reads does not block the others.
+kinds go on meanwhile: a topic nobody reads does not block the others. A message the
+broker refuses for what it is (topic name invalid, packet too large, payload format
+invalid) can never be delivered: it is dropped, counted and logged, so that it does not
+block its kind for ever.
 
-Threads: :meth:`flush`, :meth:`settle` and :meth:`reconnected` run on the agent's worker
-thread. The link's callbacks run on the network thread and only append to a deque: the
-network thread touches no file (a simulated fleet shares one network thread, and a
+A message in flight on a connection that has since dropped gets no PUBACK on it: the
+sender notices the link's connection count change (on any call, without relying on a
+reconnect event reaching the worker) and sends such messages again.
+
+Threads: :meth:`flush` and :meth:`settle` run on the agent's worker thread. The link's
+callbacks run on the network thread and only append to a deque: the network thread
+touches no file (a simulated fleet shares one network thread, and a
 syscall on it per acknowledgement starved it of the GIL).
 """
 
@@ -25,17 +32,20 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.outbox import Outbox
+from firmware_bundles.puback import NEVER_ACCEPTED
 
 log = logging.getLogger(__name__)
 
 
 class TrackedLink(Protocol):
+    generation: int  # connections made so far
+
     def publish_tracked(
         self,
         kind: str,
         payload: bytes,
         on_ack: Callable[[], None],
-        on_refused: Callable[[str], None],
+        on_refused: Callable[[int, str], None],
     ) -> bool: ...
 
 
@@ -67,15 +77,19 @@ class OutboxSender:
         self._hold_min_s = hold_min_s
         self._hold_max_s = hold_max_s
         self._clock = clock
-        self._inflight: set[Path] = set()
-        # (path, None) delivered, (path, reason) refused: appended on the network thread.
-        self._outcomes: collections.deque[tuple[Path, str | None]] = collections.deque()
+        # In flight: path -> the link's connection it was sent on.
+        self._inflight: dict[Path, int] = {}
+        self._generation = link.generation
+        # (path, None) delivered, (path, (code, reason)) refused: appended on the
+        # network thread.
+        self._outcomes: collections.deque[tuple[Path, tuple[int, str] | None]] = collections.deque()
         self._held: dict[str, _Hold] = {}
         self.refusals = 0
+        self.dropped = 0  # refused for what they are: never deliverable
 
     def held(self) -> list[str]:
         """The kinds nobody received lately, sent one at a time until somebody does."""
-        return sorted(self._held)
+        return sorted(self._held.copy())
 
     def flush(self) -> None:
         """Send what is neither delivered nor in flight, oldest first."""
@@ -94,26 +108,28 @@ class OutboxSender:
                 payload = path.read_bytes()
             except FileNotFoundError:
                 continue  # dropped by the outbox's bounds meanwhile
-            self._inflight.add(path)
+            self._inflight[path] = self._generation
             if hold is not None:
                 hold.probe = path
             on_ack = partial(self._outcomes.append, (path, None))
             on_refused = partial(self._refused, path)
             if not self._link.publish_tracked(kind, payload, on_ack, on_refused):
-                self._inflight.discard(path)
+                self._inflight.pop(path, None)
                 if hold is not None:
                     hold.probe = None
                 return  # disconnected: the next connect flushes
 
     def settle(self) -> None:
         """Apply what the broker answered: delete delivered messages, hold off after a
-        refusal."""
+        refusal; after a reconnect, send again what was in flight on the old
+        connection."""
+        self._follow_connection()
         while True:
             try:
                 path, refusal = self._outcomes.popleft()
             except IndexError:
                 return
-            self._inflight.discard(path)
+            self._inflight.pop(path, None)
             kind = path.suffix.lstrip(".")
             hold = self._held.get(kind)
             probe = False
@@ -125,11 +141,18 @@ class OutboxSender:
                     log.info("%s: %s messages are delivered again", self._device_id, kind)
                 continue
             self.refusals += 1
+            code, reason = refusal
+            if code in NEVER_ACCEPTED:
+                self.outbox.ack(path)  # delete: no broker will ever take it
+                self.dropped += 1
+                log.error("%s: the broker refuses %s for good (%s): dropped it",
+                          self._device_id, path.name, reason)  # fmt: skip
+                continue
             if hold is None:
                 log.warning(
                     "%s: the broker did not deliver %s (%s): keeping the %s messages in the "
                     "outbox and trying one at a time",
-                    self._device_id, path.name, refusal, kind,
+                    self._device_id, path.name, reason, kind,
                 )  # fmt: skip
                 hold = self._held[kind] = _Hold(self._hold_min_s, 0.0)
             elif not probe:
@@ -137,13 +160,17 @@ class OutboxSender:
             hold.until = self._clock() + hold.hold_s
             hold.hold_s = min(hold.hold_s * 2, self._hold_max_s)
 
-    def reconnected(self) -> None:
-        """A new connection: nothing is in flight on it, and a held kind is worth a
-        probe at once."""
-        self.settle()
-        self._inflight.clear()
+    def _follow_connection(self) -> None:
+        """A new connection: nothing sent on an earlier one is in flight any more, and a
+        held kind is worth a probe at once."""
+        generation = self._link.generation
+        if generation == self._generation:
+            return
+        self._generation = generation
+        self._inflight = {p: g for p, g in self._inflight.items() if g == generation}
         for hold in self._held.values():
-            hold.until, hold.probe = 0.0, None
+            if hold.probe not in self._inflight:
+                hold.until, hold.probe = 0.0, None
 
-    def _refused(self, path: Path, reason: str) -> None:
-        self._outcomes.append((path, reason))
+    def _refused(self, path: Path, code: int, reason: str) -> None:
+        self._outcomes.append((path, (code, reason)))

@@ -26,6 +26,7 @@ import onnx
 from onnx import helper
 
 from compress.errors import InputsError
+from firmware_bundles.npy_lock import NPY_LOAD_LOCK
 
 LABELS_KEY = "labels"
 DEFAULT_BATCH_SIZE = 32
@@ -178,7 +179,7 @@ def load_npz(
     if not npz_path.is_file():
         raise InputsError(f"inputs file not found: {str(npz_path)!r}")
     try:
-        with np.load(npz_path, allow_pickle=False) as archive:
+        with NPY_LOAD_LOCK, np.load(npz_path, allow_pickle=False) as archive:
             arrays = {key: np.asarray(archive[key]) for key in archive.files}
     except Exception as exc:
         raise InputsError(

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from firmware_bundles.errors import BundleError
 from firmware_bundles.manifest import HealthCheck, TensorSpec
+from firmware_bundles.npy_lock import NPY_LOAD_LOCK
 
 Arrays = dict[str, npt.NDArray[np.generic]]
 
@@ -26,7 +27,7 @@ def encode_arrays(arrays: Mapping[str, npt.NDArray[np.generic]]) -> bytes:
 
 def decode_arrays(data: bytes, what: str = "arrays") -> Arrays:
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        with NPY_LOAD_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except (ValueError, OSError, EOFError) as exc:
         raise BundleError(f"{what} are not a valid .npz archive: {exc}") from exc

@@ -29,6 +29,7 @@ from numpy.lib import format as npy_format
 
 from firmware_bundles.bundle_dir import fsync_dir
 from firmware_bundles.errors import DatasetError
+from firmware_bundles.npy_lock import NPY_LOAD_LOCK
 
 MAX_MEMBERS = 256
 
@@ -101,7 +102,7 @@ def _inspect_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> tuple[
 
 def load_array(path: Path, key: str) -> npt.NDArray[Any]:
     """One array of an inspected ``.npz`` (never unpickles)."""
-    with np.load(path, allow_pickle=False) as data:
+    with NPY_LOAD_LOCK, np.load(path, allow_pickle=False) as data:
         array: npt.NDArray[Any] = data[key]
     return array
 

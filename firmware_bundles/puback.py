@@ -28,9 +28,12 @@ log = logging.getLogger(__name__)
 
 NO_MATCHING_SUBSCRIBERS = 0x10
 FIRST_REFUSAL = 0x80
+# Refusals about the message itself: sending it again can never succeed.
+TOPIC_NAME_INVALID, PACKET_TOO_LARGE, PAYLOAD_FORMAT_INVALID = 0x90, 0x95, 0x99
+NEVER_ACCEPTED = frozenset({TOPIC_NAME_INVALID, PACKET_TOO_LARGE, PAYLOAD_FORMAT_INVALID})
 
 OnAck = Callable[[], None]
-OnRefused = Callable[[str], None]
+OnRefused = Callable[[int, str], None]
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def _deliver(mid: int, waiting: _Waiting, code: int, reason: str) -> None:
             if waiting.on_ack is not None:
                 waiting.on_ack()
         elif waiting.on_refused is not None:
-            waiting.on_refused(reason)
+            waiting.on_refused(code, reason)
         else:
             log.warning("the broker refused message %d: %s", mid, reason)
     except Exception:  # never let an owner's error escape into paho's loop

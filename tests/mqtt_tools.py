@@ -36,12 +36,14 @@ class Watcher:
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"test-watch-{uuid.uuid4().hex[:8]}"
         )
-        self._client.on_connect = lambda c, *_: (c.subscribe(pattern, qos=1), ready.set())
+        self._client.on_connect = lambda c, *_: c.subscribe(pattern, qos=1)
+        self._client.on_subscribe = lambda *_: ready.set()  # the broker confirmed it
         self._client.on_message = self._on_message
         self._client.connect(broker.host, broker.port)
         self._client.loop_start()
-        ready.wait(5)
-        time.sleep(0.1)
+        if not ready.wait(10):
+            self.close()
+            raise TimeoutError(f"the broker did not confirm a subscription to {pattern}")
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ from paho.mqtt.properties import Properties
 from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.mqtt_link import MqttLink
+from agent.outbox_sender import OutboxSender
 from firmware_bundles.wire import parse_telemetry
 from simulators.mosquitto import MosquittoBroker
 from tests.agent_harness import wait_until
@@ -35,7 +36,7 @@ class Outcomes:
         self.seen.append("ack")
         self.done.set()
 
-    def refused(self, reason: str) -> None:
+    def refused(self, code: int, reason: str) -> None:
         self.seen.append(f"refused: {reason}")
         self.done.set()
 
@@ -68,15 +69,15 @@ def _persistent_shared_subscriber(broker: MosquittoBroker, pattern: str) -> mqtt
 
 
 def test_the_link_reports_a_window_nobody_received_as_refused(
-    mqtt_broker: MosquittoBroker,
+    fresh_broker: MosquittoBroker,
 ) -> None:
     device = f"link-{uuid.uuid4().hex[:6]}"
-    link = MqttLink(device, mqtt_broker.url, lambda kind, payload: None, lambda: None)
+    link = MqttLink(device, fresh_broker.url, lambda kind, payload: None, lambda: None)
     link.start()
     try:
         assert link.connected.wait(10)
         assert _publish(link, "telemetry") == ["refused: No matching subscribers"]
-        watcher = Watcher(mqtt_broker, f"edgefleet/v1/dev/{device}/up/telemetry")
+        watcher = Watcher(fresh_broker, f"edgefleet/v1/dev/{device}/up/telemetry")
         try:
             assert _publish(link, "telemetry") == ["ack"]
             assert watcher.wait(lambda m: len(m) == 1)
@@ -85,7 +86,7 @@ def test_the_link_reports_a_window_nobody_received_as_refused(
         # A subscriber away for a moment with its session kept (the controller across a
         # network blip): the broker queues for it, so that is a delivery.
         client = _persistent_shared_subscriber(
-            mqtt_broker, f"$share/g/edgefleet/v1/dev/{device}/up/#"
+            fresh_broker, f"$share/g/edgefleet/v1/dev/{device}/up/#"
         )
         client.disconnect()
         client.loop_stop()
@@ -95,25 +96,27 @@ def test_the_link_reports_a_window_nobody_received_as_refused(
 
 
 def test_an_agent_keeps_its_windows_until_somebody_subscribes(
-    mqtt_broker: MosquittoBroker,
+    fresh_broker: MosquittoBroker,
     keys,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     device = f"keep-{uuid.uuid4().hex[:6]}"
     config = AgentConfig(
-        device_id=device, broker_url=mqtt_broker.url, controller_url="http://127.0.0.1:9",
+        device_id=device, broker_url=fresh_broker.url, controller_url="http://127.0.0.1:9",
         data_dir=tmp_path / device, trust=(keys[1],), telemetry_interval_s=0.1,
     )  # fmt: skip
     agent = Agent(config)
+    # Probes at most 1 s apart, so the wait below does not depend on how long it took.
+    agent.sender = OutboxSender(agent.outbox, agent.link, device_id=device, hold_max_s=1.0)
     agent.start()
     try:
         assert agent.link.connected.wait(10)
         assert wait_until(lambda: len(agent.outbox.pending()) >= 10, timeout=10)
         assert agent.sender.held() == ["telemetry"]
-        watcher = Watcher(mqtt_broker, f"edgefleet/v1/dev/{device}/up/telemetry")
+        watcher = Watcher(fresh_broker, f"edgefleet/v1/dev/{device}/up/telemetry")
         try:
-            assert wait_until(lambda: agent.sender.held() == [], timeout=10)
-            assert wait_until(lambda: len(agent.outbox.pending()) <= 2, timeout=10)
+            assert wait_until(lambda: agent.sender.held() == [], timeout=20)
+            assert wait_until(lambda: len(agent.outbox.pending()) <= 2, timeout=20)
             time.sleep(0.3)
             seqs = sorted({parse_telemetry(p).seq for _, p in watcher.messages})
             assert seqs[0] == 1, "the first window, kept since before anybody subscribed"

@@ -20,14 +20,15 @@ class FakeLink:
 
     def __init__(self) -> None:
         self.connected = True
-        self.sent: list[tuple[str, bytes, Callable[[], None], Callable[[str], None]]] = []
+        self.generation = 1
+        self.sent: list[tuple[str, bytes, Callable[[], None], Callable[[int, str], None]]] = []
 
     def publish_tracked(
         self,
         kind: str,
         payload: bytes,
         on_ack: Callable[[], None],
-        on_refused: Callable[[str], None],
+        on_refused: Callable[[int, str], None],
     ) -> bool:
         if not self.connected:
             return False
@@ -37,7 +38,7 @@ class FakeLink:
     def answer_all(self, delivered: bool) -> None:
         sent, self.sent = self.sent, []
         for _, _, on_ack, on_refused in sent:
-            on_ack() if delivered else on_refused("No matching subscribers")
+            on_ack() if delivered else on_refused(0x10, "No matching subscribers")
 
 
 class Clock:
@@ -113,7 +114,7 @@ def test_a_kind_nobody_reads_does_not_block_the_others(parts) -> None:  # type: 
     _, _, _, refuse = link.sent[0]
     _, _, ack, _ = link.sent[1]
     link.sent.clear()
-    refuse("No matching subscribers")
+    refuse(0x10, "No matching subscribers")
     ack()
     outbox.put("drift", b"d1")
     outbox.put("telemetry", b"t1")
@@ -130,32 +131,66 @@ def test_a_reconnect_resends_what_was_in_flight_and_probes_at_once(parts) -> Non
     link.answer_all(delivered=False)
     sender.flush()
     assert link.sent == []
-    sender.reconnected()  # the broker came back: no wait for the hold to end
+    link.generation += 1  # the broker came back: no wait for the hold to end
     sender.flush()
     assert [p for _, p, _, _ in link.sent] == [b"w0"]
-    link.connected = False
+    link.sent.clear()  # the connection drops with the probe in flight (no PUBACK)
+    link.generation += 1
+    sender.flush()
+    assert [p for _, p, _, _ in link.sent] == [b"w0"], "sent again on the new connection"
     link.sent.clear()
-    sender.reconnected()
+    link.connected = False
+    link.generation += 1
     sender.flush()  # disconnected: nothing goes, nothing is lost
     assert link.sent == [] and len(outbox.pending()) == 2
+
+
+def test_a_full_window_of_messages_lost_with_a_connection_does_not_stall_the_outbox(parts) -> None:  # type: ignore[no-untyped-def]
+    outbox, link, _, sender = parts
+    for i in range(150):
+        outbox.put("telemetry", b"w%d" % i)
+    sender.flush()
+    assert len(link.sent) == 100  # the in-flight cap
+    link.sent.clear()  # dropped with the connection: no PUBACK will ever come
+    link.generation += 1  # no reconnect event needed: the sender sees the new connection
+    sender.flush()
+    assert len(link.sent) == 100
+    link.answer_all(delivered=True)
+    sender.flush()
+    link.answer_all(delivered=True)
+    sender.settle()
+    assert outbox.pending() == []
+
+
+def test_a_message_no_broker_will_ever_take_is_dropped_not_retried_for_ever(parts) -> None:  # type: ignore[no-untyped-def]
+    outbox, link, _, sender = parts
+    outbox.put("drift", b"too big")
+    outbox.put("drift", b"d1")
+    sender.flush()
+    _, _, _, refuse = link.sent[0]
+    _, _, ack, _ = link.sent[1]
+    refuse(0x95, "Packet too large")
+    ack()
+    sender.settle()
+    assert outbox.pending() == [] and sender.dropped == 1 and sender.held() == []
 
 
 def test_puback_tracker_matches_early_late_and_refused_acknowledgements() -> None:
     clock = Clock()
     tracker = PubackTracker(early_ttl_s=30.0, clock=clock)
     seen: list[str] = []
-    tracker.expect(1, lambda: seen.append("ack 1"), lambda r: seen.append(f"refused 1: {r}"))
+    tracker.expect(1, lambda: seen.append("ack 1"), lambda c, r: seen.append(f"refused 1: {r}"))
     tracker.settle(1, 0, "Success")
     tracker.settle(2, 0, "Success")  # the PUBACK beat the registration
     tracker.expect(2, lambda: seen.append("ack 2"))
-    tracker.expect(3, lambda: seen.append("ack 3"), lambda r: seen.append(f"refused 3: {r}"))
+    tracker.expect(3, lambda: seen.append("ack 3"), lambda c, r: seen.append(f"refused {c}: {r}"))
     tracker.settle(3, NO_MATCHING_SUBSCRIBERS, "No matching subscribers")
     # Retained, nobody listening: the broker stored it, which is all this publish needs.
     tracker.expect(4, lambda: seen.append("ack 4"))
     tracker.settle(4, NO_MATCHING_SUBSCRIBERS, "No matching subscribers")
     tracker.expect(5, lambda: seen.append("ack 5"))
     tracker.settle(5, 0x87, "Not authorized")  # logged, not acknowledged
-    assert seen == ["ack 1", "ack 2", "refused 3: No matching subscribers", "ack 4"]
+    assert seen == ["ack 1", "ack 2", "refused 16: No matching subscribers", "ack 4"]
 
 
 def test_a_stale_puback_never_acknowledges_a_later_publish_that_reuses_its_id() -> None:
