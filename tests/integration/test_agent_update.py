@@ -95,8 +95,11 @@ def test_agent_refuses_a_bad_bundle_and_keeps_serving(
         if t.endswith("/events") and parse_event(p).type == "update_failed"
     ]
     assert failed[0].code == expected_code, failed[0].message
+    # The state report follows the event.
+    assert watcher.wait(lambda m: (s := last_state(watcher, "dev-b")) is not None
+                        and s.phase == "failed"), last_state(watcher, "dev-b")  # fmt: skip
     state = last_state(watcher, "dev-b")
-    assert state is not None and state.phase == "failed" and state.error is not None
+    assert state is not None and state.error is not None
     assert state.error.code == expected_code
     assert agent.active_bundle is not None and agent.active_bundle.version == "1.0.0"
     x = generate_inputs(agent.inference.active.runner.inputs, seed=3)  # type: ignore[union-attr]
