@@ -267,7 +267,7 @@ class Agent:
                 )
                 self._boot_notes = []
             self._publish_state()
-            self._flush_outbox()
+            self.sender.flush()
         elif item.kind == "desired":
             try:
                 desired = parse_desired(item.payload)
@@ -476,7 +476,7 @@ class Agent:
         self.outbox.put("telemetry", telemetry.to_bytes())
         if time.monotonic() >= self._drift_due:
             self._publish_drift(self.inference.active)
-        self._flush_outbox()
+        self.sender.flush()
         self._judge_trial(snap)
 
     def _publish_drift(self, model: ActiveModel | None) -> None:
@@ -505,10 +505,7 @@ class Agent:
         for report in reports:
             self.outbox.put("capture", report.to_bytes())
         if reports:
-            self._flush_outbox()
-
-    def _flush_outbox(self) -> None:
-        self.sender.flush()
+            self.sender.flush()
 
 
 def _policy(trial: TrialRecord) -> TrialPolicy:

@@ -67,11 +67,20 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 SCHEMA_LOCK_KEY = 0x0EDF1EE7  # PostgreSQL advisory lock: one replica creates the schema
 
 
+def advisory_xact_lock(conn: sa.Connection | Session, key: int, *, shared: bool = False) -> None:
+    """Hold PostgreSQL advisory lock ``key`` until the transaction ends (exclusive, or
+    shared with other shared holders); nothing on SQLite, whose writers take turns."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    if bind.dialect.name != "postgresql":
+        return
+    take = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    conn.execute(sa.text(f"SELECT {take}(:key)"), {"key": key})
+
+
 def create_schema(engine: Engine) -> None:
     """Create missing tables; replicas starting together take turns on PostgreSQL."""
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        advisory_xact_lock(conn, SCHEMA_LOCK_KEY)
         Base.metadata.create_all(conn)
 
 

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from controller import window_merge as wm
-from controller.db import chunks
+from controller.db import advisory_xact_lock, chunks
 from controller.models import DriftWindow, TelemetryWindow
 from controller.monitoring_models import DriftRollup, TelemetryRollup
 
@@ -356,7 +356,7 @@ def roll_up_batch(
     """Roll up at most ``batch`` raw windows of each kind older than the raw retention,
     and delete roll-ups older than the retention. The caller commits; ``more`` says a
     batch was full and another call has work to do."""
-    _rollup_lock(session, shared=False)
+    advisory_xact_lock(session, ROLLUP_LOCK_KEY)
     counts = RollupCounts()
     for raw, rollup, add in _KINDS:
         counts.add(_roll_table(session, raw, rollup, add, now - raw_retention_s, bucket_s, batch))
@@ -367,14 +367,6 @@ def roll_up_batch(
         )
         counts.expired += int(getattr(expired, "rowcount", 0) or 0)
     return counts
-
-
-def _rollup_lock(session: Session, *, shared: bool) -> None:
-    """Take the roll-up advisory lock until the transaction ends (PostgreSQL only)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    take = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-    session.execute(sa.text(f"SELECT {take}(:key)"), {"key": ROLLUP_LOCK_KEY})
 
 
 def drop_rolled_up(
@@ -393,7 +385,8 @@ def drop_rolled_up(
     old = [r for r in rows if r["window_end"] < cutoff]
     if not old:
         return rows
-    _rollup_lock(session, shared=True)  # no roll-up pass commits before we do
+    # No roll-up pass commits before we do (PostgreSQL; SQLite: see the module text).
+    advisory_xact_lock(session, ROLLUP_LOCK_KEY, shared=True)
     keys = {(r["device_id"], r["bundle_sha256"] or "", wm.bucket_start(r["window_end"], bucket_s))
             for r in old}  # fmt: skip
     held: dict[tuple[str, str, float], wm.Ranges] = {}

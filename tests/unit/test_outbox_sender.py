@@ -35,6 +35,9 @@ class FakeLink:
         self.sent.append((kind, payload, on_ack, on_refused))
         return True
 
+    def payloads(self) -> list[bytes]:
+        return [payload for _, payload, _, _ in self.sent]
+
     def answer_all(self, delivered: bool) -> None:
         sent, self.sent = self.sent, []
         for _, _, on_ack, on_refused in sent:
@@ -62,7 +65,7 @@ def test_delivered_messages_leave_the_outbox_oldest_first(parts) -> None:  # typ
     for i in range(3):
         outbox.put("telemetry", b"w%d" % i)
     sender.flush()
-    assert [p for _, p, _, _ in link.sent] == [b"w0", b"w1", b"w2"]
+    assert link.payloads() == [b"w0", b"w1", b"w2"]
     sender.flush()  # in flight: not sent twice
     assert len(link.sent) == 3
     link.answer_all(delivered=True)
@@ -88,7 +91,7 @@ def test_a_message_nobody_received_stays_and_is_probed_one_at_a_time(parts) -> N
             clock.now += 0.25
             sender.flush()
         waits.append(clock.now - before)
-        assert [p for _, p, _, _ in link.sent] == [b"w0"], "one probe, the oldest"
+        assert link.payloads() == [b"w0"], "one probe, the oldest"
         sender.flush()
         assert len(link.sent) == 1, "never a second probe in flight"
         link.answer_all(delivered=False)
@@ -99,7 +102,7 @@ def test_a_message_nobody_received_stays_and_is_probed_one_at_a_time(parts) -> N
     sender.flush()
     link.answer_all(delivered=True)  # somebody subscribed: the rest flows at once
     sender.flush()
-    assert [p for _, p, _, _ in link.sent] == [b"w1", b"w2", b"w3", b"w4"]
+    assert link.payloads() == [b"w1", b"w2", b"w3", b"w4"]
     link.answer_all(delivered=True)
     sender.settle()
     assert outbox.pending() == [] and sender.held() == []
@@ -133,11 +136,11 @@ def test_a_reconnect_resends_what_was_in_flight_and_probes_at_once(parts) -> Non
     assert link.sent == []
     link.generation += 1  # the broker came back: no wait for the hold to end
     sender.flush()
-    assert [p for _, p, _, _ in link.sent] == [b"w0"]
+    assert link.payloads() == [b"w0"]
     link.sent.clear()  # the connection drops with the probe in flight (no PUBACK)
     link.generation += 1
     sender.flush()
-    assert [p for _, p, _, _ in link.sent] == [b"w0"], "sent again on the new connection"
+    assert link.payloads() == [b"w0"], "sent again on the new connection"
     link.sent.clear()
     link.connected = False
     link.generation += 1
